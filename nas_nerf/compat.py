@@ -1,0 +1,48 @@
+"""Plumbing both packages need to run nerfstudio 1.1.5 offline on a CPU under torch 2.13."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+_warned_lpips = False
+
+
+def default_device_type() -> str:
+    """nerfstudio defaults to CUDA; our configs pick the CPU when no GPU is there."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def allow_numpy_in_checkpoints() -> None:
+    """torch >= 2.6 loads checkpoints with `weights_only=True`, which refuses the numpy scalars
+    nerfstudio's schedulers store; `eval_setup` and `--load-dir` would then fail. Allow them."""
+    numpy_dtypes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
+    torch.serialization.add_safe_globals([np._core.multiarray.scalar, np.dtype, *numpy_dtypes])
+
+
+def lpips_weights_available() -> bool:
+    """LPIPS needs torchvision's AlexNet weights; offline they exist only if already in torch's hub cache."""
+    return (Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth").is_file()
+
+
+def optional_lpips() -> nn.Module | None:
+    """nerfstudio's models build LPIPS at construction, which downloads AlexNet and crashes offline.
+    Build it only when its weights can be loaded without a network; warn once otherwise."""
+    global _warned_lpips
+    if lpips_weights_available():
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+        return LearnedPerceptualImagePatchSimilarity(normalize=True)
+    if not _warned_lpips:
+        _warned_lpips = True
+        warnings.warn(
+            "LPIPS is off: its AlexNet weights are not in the torch hub cache "
+            f"({torch.hub.get_dir()}/checkpoints) and nothing is downloaded at run time. "
+            "Put alexnet-owt-7be5be79.pth there to get LPIPS in eval metrics.",
+            stacklevel=2,
+        )
+    return None

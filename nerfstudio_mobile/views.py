@@ -1,0 +1,291 @@
+"""Pseudo-view pose samplers: where the NeRF teacher renders the views a MobileR2L student is distilled from.
+
+Poses are camera-to-world matrices [3, 4] in the teacher's dataparser-normalised world frame, nerfstudio /
+OpenGL convention: rotation columns are right, up, back, so the camera looks along -z.
+
+The pose of pseudo view ``i`` is a pure function of the fitted sampler, its seed and ``i``: every view draws
+its random numbers from its own generator, seeded by a stable hash of (seed, i), and is computed on its own.
+Any process may therefore render any subset of views, in any order and any batch, and get identical poses,
+which is what makes a sharded, resumable pseudo-view cache possible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Literal
+
+import torch
+from torch import Tensor
+from torch.nn.functional import normalize
+
+Layout = Literal["360", "forward-facing"]
+
+# Viewing axes whose least-squares meeting point is this poorly determined (smallest eigenvalue of
+# sum_i (I - d_i d_i^T), per camera) are treated as parallel: they meet nowhere in particular.
+MIN_FOCUS_EIGENVALUE = 1e-2
+# Forward-facing rigs look roughly one way, and their cameras spread little compared with how far away
+# they look; a 360 rig, even a partial arc, fails one of the two.
+MAX_FORWARD_FACING_ANGLE_DEG = 50.0
+MAX_FORWARD_FACING_SPREAD_RATIO = 0.5
+# MobileR2L: polar angles from a normal distribution clipped to [1°, 90°], i.e. the upper hemisphere,
+# kept 1° away from the pole where "look at the centre with up close to up" is undefined.
+MIN_POLAR_DEG = 1.0
+MAX_POLAR_DEG = 90.0
+# Keeps the truncated normal well defined when every training camera sits at one elevation.
+MIN_POLAR_STD_DEG = 1.0
+# A mean camera direction shorter than this says the cameras surround the centre (e.g. a horizontal
+# ring), so it does not tell which way is up.
+MIN_UP_AGREEMENT = 0.2
+
+Vector3 = tuple[float, float, float]
+
+
+def view_seed(seed: int, index: int) -> int:
+    """Seed of pseudo view `index`: a stable hash (not Python's per-process salted `hash`)."""
+    digest = hashlib.blake2b(f"{seed}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little")
+
+
+def view_directions(c2w: Tensor) -> Tensor:
+    """Unit viewing axes (-z columns) of cameras [..., 3, 4] -> [..., 3]."""
+    return normalize(-c2w[..., :3, 2], dim=-1)
+
+
+def focus_point(c2w: Tensor) -> Tensor | None:
+    """The point closest, in least squares, to all viewing axes [3] (float64); None when the axes are
+    (nearly) parallel and that point is ill-determined."""
+    c2w = _as_c2w(c2w)
+    origins = c2w[:, :, 3]
+    directions = view_directions(c2w)
+    projectors = torch.eye(3, dtype=torch.float64) - directions[:, :, None] * directions[:, None, :]
+    lhs = projectors.sum(dim=0)
+    if torch.linalg.eigvalsh(lhs)[0] / len(c2w) < MIN_FOCUS_EIGENVALUE:
+        return None
+    return torch.linalg.solve(lhs, (projectors @ origins[:, :, None]).sum(dim=0)[:, 0])
+
+
+def detect_layout(c2w: Tensor) -> Layout:
+    """Returns "forward-facing" when all cameras look within ~50° of their mean direction and the rig
+    spreads (sideways) less than half the distance to where the cameras look, "360" otherwise."""
+    c2w = _as_c2w(c2w)
+    directions = view_directions(c2w)
+    mean_direction = normalize(directions.mean(dim=0), dim=0)
+    max_angle = torch.rad2deg(torch.arccos((directions @ mean_direction).clamp(-1.0, 1.0))).max()
+    if max_angle > MAX_FORWARD_FACING_ANGLE_DEG:
+        return "360"
+    focus = focus_point(c2w)
+    if focus is None:
+        return "forward-facing"
+    origins = c2w[:, :, 3]
+    focus_depth = ((focus - origins) @ mean_direction).mean()
+    if focus_depth <= 0:
+        # Diverging axes meet behind the cameras: nothing is surrounded.
+        return "forward-facing"
+    offsets = origins - origins.mean(dim=0)
+    lateral_offsets = offsets - (offsets @ mean_direction)[:, None] * mean_direction
+    spread = lateral_offsets.norm(dim=-1).max()
+    return "forward-facing" if spread < MAX_FORWARD_FACING_SPREAD_RATIO * focus_depth else "360"
+
+
+class ViewSampler(ABC):
+    """A sampler fitted to the training cameras; `pose(i)` depends only on the fitted fields and `i`."""
+
+    layout: ClassVar[Layout]
+    # How many uniform random numbers one pose consumes.
+    num_uniforms: ClassVar[int]
+    seed: int
+
+    def pose(self, index: int) -> Tensor:
+        """c2w [3, 4] float32 of pseudo view `index`."""
+        if index < 0:
+            raise ValueError(f"pseudo view indices are non-negative, got {index}")
+        generator = torch.Generator().manual_seed(view_seed(self.seed, index))
+        uniforms = torch.rand(self.num_uniforms, generator=generator, dtype=torch.float64)
+        return self._pose_from_uniforms(uniforms).float()
+
+    def poses(self, indices: Sequence[int]) -> Tensor:
+        """c2w [len(indices), 3, 4] float32. Poses are computed one at a time on purpose: vectorised and
+        scalar kernels of sin/cos may differ in the last bit, which would make a pose depend on its batch."""
+        if len(indices) == 0:
+            return torch.empty(0, 3, 4)
+        return torch.stack([self.pose(index) for index in indices])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fitted state (e.g. for a cache's meta); `view_sampler_from_dict` rebuilds it exactly."""
+        return {"layout": self.layout, **asdict(self)}
+
+    @abstractmethod
+    def _pose_from_uniforms(self, uniforms: Tensor) -> Tensor:
+        """Map `num_uniforms` numbers in [0, 1) (float64) to a c2w [3, 4] (float64)."""
+
+
+@dataclass(frozen=True)
+class SphereViewSampler(ViewSampler):
+    """360 scenes: cameras on a spherical shell around `centre`, looking at it, on the side `up` points to."""
+
+    seed: int
+    centre: Vector3
+    up: Vector3
+    radius_range: tuple[float, float]
+    polar_mean_deg: float
+    polar_std_deg: float
+
+    layout: ClassVar[Layout] = "360"
+    num_uniforms: ClassVar[int] = 3
+
+    @classmethod
+    def fit(cls, train_c2w: Tensor, seed: int = 0, polar_std_deg: float | None = None) -> SphereViewSampler:
+        """Centre: focus point of the viewing axes (the origin when ill-determined, as nerfstudio centres
+        scenes); radii: [min, max] camera distance to it; up: mean direction from it to the cameras; polar
+        angle: normal with the training cameras' mean and std (or `polar_std_deg`)."""
+        c2w = _as_c2w(train_c2w)
+        focus = focus_point(c2w)
+        centre = torch.zeros(3, dtype=torch.float64) if focus is None else focus
+        offsets = c2w[:, :, 3] - centre
+        radii = offsets.norm(dim=-1)
+        mean_offset = normalize(offsets, dim=-1).mean(dim=0)
+        up_direction = mean_offset if mean_offset.norm() >= MIN_UP_AGREEMENT else c2w[:, :, 1].mean(dim=0)
+        up = normalize(up_direction, dim=0)
+        polar_deg = torch.rad2deg(torch.arccos((normalize(offsets, dim=-1) @ up).clamp(-1.0, 1.0)))
+        fitted_std = polar_deg.std().item() if len(polar_deg) > 1 else 0.0
+        return cls(
+            seed=seed,
+            centre=_vector3(centre),
+            up=_vector3(up),
+            radius_range=(radii.min().item(), radii.max().item()),
+            polar_mean_deg=polar_deg.mean().item(),
+            polar_std_deg=max(fitted_std if polar_std_deg is None else polar_std_deg, MIN_POLAR_STD_DEG),
+        )
+
+    def _pose_from_uniforms(self, uniforms: Tensor) -> Tensor:
+        radius_min, radius_max = self.radius_range
+        radius = radius_min + uniforms[0] * (radius_max - radius_min)
+        # Truncated normal on [MIN_POLAR_DEG, MAX_POLAR_DEG] by inverse CDF; the clamp only guards the
+        # infinities ndtri returns when the mean lies far outside the range.
+        mean, std = self.polar_mean_deg, self.polar_std_deg
+        cdf_low = torch.special.ndtr(torch.tensor((MIN_POLAR_DEG - mean) / std, dtype=torch.float64))
+        cdf_high = torch.special.ndtr(torch.tensor((MAX_POLAR_DEG - mean) / std, dtype=torch.float64))
+        polar_deg = mean + std * torch.special.ndtri(cdf_low + uniforms[1] * (cdf_high - cdf_low))
+        polar = torch.deg2rad(polar_deg.clamp(MIN_POLAR_DEG, MAX_POLAR_DEG))
+        azimuth = 2 * math.pi * uniforms[2]
+        up = torch.tensor(self.up, dtype=torch.float64)
+        first, second = _perpendicular_basis(up)
+        back = polar.cos() * up + polar.sin() * (azimuth.cos() * first + azimuth.sin() * second)
+        position = torch.tensor(self.centre, dtype=torch.float64) + radius * back
+        return _c2w_from_axes(back, up, position)
+
+
+@dataclass(frozen=True)
+class ForwardFacingViewSampler(ViewSampler):
+    """LLFF-like scenes: camera centres and viewing axes uniform in enlarged boxes of the training ones."""
+
+    seed: int
+    position_low: Vector3
+    position_high: Vector3
+    direction_low: Vector3
+    direction_high: Vector3
+    up: Vector3
+
+    layout: ClassVar[Layout] = "forward-facing"
+    num_uniforms: ClassVar[int] = 6
+
+    @classmethod
+    def fit(cls, train_c2w: Tensor, seed: int = 0, box_scale: float = 1.1) -> ForwardFacingViewSampler:
+        """Boxes: axis-aligned bounding boxes of the training centres and viewing axes, scaled by `box_scale`
+        about their centres; up: mean training camera up."""
+        c2w = _as_c2w(train_c2w)
+        position_low, position_high = _scaled_bounds(c2w[:, :, 3], box_scale)
+        direction_low, direction_high = _scaled_bounds(view_directions(c2w), box_scale)
+        return cls(
+            seed=seed,
+            position_low=_vector3(position_low),
+            position_high=_vector3(position_high),
+            direction_low=_vector3(direction_low),
+            direction_high=_vector3(direction_high),
+            up=_vector3(normalize(c2w[:, :, 1].mean(dim=0), dim=0)),
+        )
+
+    def _pose_from_uniforms(self, uniforms: Tensor) -> Tensor:
+        position = _lerp(self.position_low, self.position_high, uniforms[:3])
+        direction = normalize(_lerp(self.direction_low, self.direction_high, uniforms[3:]), dim=0)
+        return _c2w_from_axes(-direction, torch.tensor(self.up, dtype=torch.float64), position)
+
+
+@dataclass
+class PseudoViewSamplerConfig:
+    """How pseudo-view poses are sampled around the teacher's training cameras."""
+
+    layout: Literal["auto", "360", "forward-facing"] = "auto"
+    """With "auto", `detect_layout` picks from the training cameras."""
+    seed: int = 0
+    """Pose of view i is a function of (fitted sampler, seed, i) only."""
+    polar_std_deg: float | None = None
+    """360 only: std of the polar angle from up, in degrees; None fits it to the training cameras."""
+    box_scale: float = 1.1
+    """Forward-facing only: how much the training cameras' position and direction boxes are enlarged."""
+
+
+def make_view_sampler(config: PseudoViewSamplerConfig, train_c2w: Tensor) -> ViewSampler:
+    """Fit the sampler `config` asks for to the teacher's training cameras [N, 3, 4] (or [N, 4, 4])."""
+    layout = detect_layout(train_c2w) if config.layout == "auto" else config.layout
+    if layout == "360":
+        return SphereViewSampler.fit(train_c2w, seed=config.seed, polar_std_deg=config.polar_std_deg)
+    return ForwardFacingViewSampler.fit(train_c2w, seed=config.seed, box_scale=config.box_scale)
+
+
+def view_sampler_from_dict(state: dict[str, Any]) -> ViewSampler:
+    """Inverse of `ViewSampler.to_dict` (JSON turns tuples into lists; they are turned back)."""
+    samplers: dict[str, type[SphereViewSampler] | type[ForwardFacingViewSampler]] = {
+        "360": SphereViewSampler,
+        "forward-facing": ForwardFacingViewSampler,
+    }
+    fields = {key: tuple(value) if isinstance(value, list) else value for key, value in state.items()}
+    layout = fields.pop("layout")
+    if layout not in samplers:
+        raise ValueError(f"unknown pseudo-view layout {layout!r}; expected one of {sorted(samplers)}")
+    return samplers[layout](**fields)
+
+
+def _as_c2w(c2w: Tensor) -> Tensor:
+    """[N, 3, 4] or [N, 4, 4] -> [N, 3, 4] float64 (fits are done in float64 so float32 rounding of the
+    inputs is the only imprecision)."""
+    if c2w.ndim != 3 or c2w.shape[1] not in (3, 4) or c2w.shape[2] != 4 or len(c2w) == 0:
+        raise ValueError(f"expected camera-to-world matrices [N, 3, 4] with N >= 1, got {tuple(c2w.shape)}")
+    return c2w[:, :3, :4].detach().cpu().double()
+
+
+def _vector3(vector: Tensor) -> Vector3:
+    x, y, z = vector.tolist()
+    return (x, y, z)
+
+
+def _scaled_bounds(points: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    low, high = points.min(dim=0).values, points.max(dim=0).values
+    middle, half_extent = (low + high) / 2, (high - low) / 2 * scale
+    return middle - half_extent, middle + half_extent
+
+
+def _lerp(low: Vector3, high: Vector3, weights: Tensor) -> Tensor:
+    low_tensor = torch.tensor(low, dtype=torch.float64)
+    return low_tensor + weights * (torch.tensor(high, dtype=torch.float64) - low_tensor)
+
+
+def _perpendicular_basis(axis: Tensor) -> tuple[Tensor, Tensor]:
+    """Two unit vectors completing unit `axis` to a right-handed orthonormal basis."""
+    # The world axis least aligned with `axis` keeps the cross product well away from zero.
+    helper = torch.zeros(3, dtype=torch.float64)
+    helper[axis.abs().argmin()] = 1.0
+    first = normalize(torch.linalg.cross(axis, helper), dim=0)
+    return first, torch.linalg.cross(axis, first)
+
+
+def _c2w_from_axes(back: Tensor, up: Tensor, position: Tensor) -> Tensor:
+    """c2w [3, 4] whose -z axis is -`back` and whose y axis is `up` made orthogonal to it."""
+    back = normalize(back, dim=0)
+    right = normalize(torch.linalg.cross(up, back), dim=0)
+    camera_up = torch.linalg.cross(back, right)
+    return torch.stack([right, camera_up, back, position], dim=1)

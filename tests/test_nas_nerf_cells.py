@@ -1,0 +1,159 @@
+"""Field cells: exact sizes against nerfstudio and the paper, validation, architecture files, CLI parsing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import tyro
+from nerfstudio.field_components.encodings import NeRFEncoding
+from nerfstudio.fields.vanilla_nerf_field import NeRFField
+from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
+
+from nas_nerf.cell import FieldCell, FieldCellConfig, load_architecture, save_architecture
+from nas_nerf.complexity import field_complexity, model_complexity
+from nas_nerf.configs import PAPER_LEGO_CELLS
+from nas_nerf.field import CellField
+from nas_nerf.model import NASNeRFModelConfig
+
+
+def n_params(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_vanilla_cell_is_nerfstudio_nerf_field() -> None:
+    nerfstudio_field = NeRFField(
+        position_encoding=NeRFEncoding(3, 10, 0.0, 8.0, include_input=True),
+        direction_encoding=NeRFEncoding(3, 4, 0.0, 4.0, include_input=True),
+    )
+    ours = CellField(FieldCellConfig((4, 1, 3), (256, 256, 256)))
+    assert n_params(nerfstudio_field) == n_params(ours) == 546_564
+    assert model_complexity(FieldCellConfig(), FieldCellConfig()).params == 1_093_128
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [FieldCellConfig((1, 1, 1), (1, 1, 1)), FieldCellConfig((3, 1, 5), (17, 40, 9)), *PAPER_LEGO_CELLS["s"]],
+)
+def test_analytic_params_match_the_module(cell: FieldCellConfig) -> None:
+    assert field_complexity(cell).params == n_params(CellField(cell))
+
+
+def test_fine_field_sees_193_samples_per_ray() -> None:
+    """The paper's FLOPs convention rests on nerfstudio's PDF sampler keeping the 64 coarse samples."""
+    from nerfstudio.cameras.rays import RayBundle
+
+    bundle = RayBundle(
+        origins=torch.zeros(4, 3),
+        directions=torch.tensor([[0.0, 0.0, 1.0]] * 4),
+        pixel_area=torch.ones(4, 1),
+        nears=torch.full((4, 1), 2.0),
+        fars=torch.full((4, 1), 6.0),
+    )
+    coarse = UniformSampler(num_samples=64)(bundle)
+    fine = PDFSampler(num_samples=128)(bundle, coarse, torch.rand(4, 64, 1))
+    assert (
+        fine.frustums.starts.shape[1]
+        == model_complexity(FieldCellConfig(), FieldCellConfig()).fine_samples
+        == 193
+    )
+
+
+# Paper Table 1 (Lego): params (M, 2 decimals) and GFLOPs. Vanilla is exact under our convention; the tiers'
+# published FLOPs are not reproducible by any per-layer convention that also gives vanilla's 574.14 (see
+# the closing note of issue 2), so they are checked to the 4% they land within.
+PAPER_TABLE = {"nerf": (1.09, 574.14), "s": (0.39, 262.61), "xs": (0.09, 58.98), "xxs": (0.05, 29.03)}
+
+
+@pytest.mark.parametrize("tier", PAPER_TABLE)
+def test_paper_lego_tiers(tier: str) -> None:
+    params_m, gflops = PAPER_TABLE[tier]
+    complexity = model_complexity(*PAPER_LEGO_CELLS[tier])
+    assert complexity.params / 1e6 == pytest.approx(params_m, abs=0.006)
+    assert complexity.paper_flops / 1e9 == pytest.approx(gflops, rel=0.04 if tier != "nerf" else 1e-5)
+
+
+def test_flops_per_frame_scale_with_pixels() -> None:
+    complexity = model_complexity(FieldCellConfig(), FieldCellConfig())
+    assert complexity.frame_flops(800, 800) == complexity.paper_flops * 800 * 800 // 2048
+
+
+def test_cell_forward_shape() -> None:
+    cell = FieldCell(FieldCellConfig((2, 1, 2), (8, 12, 16)), in_dim=63)
+    assert cell(torch.randn(5, 7, 63)).shape == (5, 7, 16)
+
+
+@pytest.mark.parametrize(
+    ("depths", "channels", "message"),
+    [
+        ((0, 1, 3), (8, 8, 8), "D1 >= 1"),
+        ((2, 2, 3), (8, 8, 8), "middle stage"),
+        ((2, 1, 3), (8, 0, 8), ">= 1"),
+        ((2, 1, 3), (8, -4, 8), ">= 1"),
+        ((2, 1), (8, 8, 8), "exactly 3"),
+    ],
+)
+def test_invalid_cells_are_refused(depths: tuple, channels: tuple, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        NASNeRFModelConfig(fine_cell=FieldCellConfig(depths, channels))  # type: ignore[arg-type]
+
+
+def test_architecture_file_sets_both_cells(tmp_path: Path) -> None:
+    coarse, fine = PAPER_LEGO_CELLS["xs"]
+    path = tmp_path / "arch.json"
+    save_architecture(path, coarse, fine, tier="xs")
+    config = NASNeRFModelConfig(architecture_file=path)
+    assert (config.coarse_cell, config.fine_cell) == (coarse, fine)
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "not valid JSON"),
+        (json.dumps({"coarse": {"depths": [2, 1, 1], "channels": [8, 8, 8]}}), "'coarse' and 'fine'"),
+        (
+            json.dumps(
+                {
+                    "coarse": {"depths": [2, 1, 1], "channels": [8, 8, 8]},
+                    "fine": {"depths": [2, 1, 1, 1], "channels": [8, 8, 8]},
+                }
+            ),
+            "fine cell: a field cell needs",
+        ),
+    ],
+)
+def test_bad_architecture_files_are_refused(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "arch.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=message):
+        load_architecture(path)
+    with pytest.raises(FileNotFoundError, match="ns-nas-search"):
+        load_architecture(tmp_path / "missing.json")
+
+
+def test_cells_from_the_ns_train_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+
+    args = [
+        "nas-nerf",
+        "--pipeline.model.coarse-cell.depths",
+        "2",
+        "1",
+        "1",
+        "--pipeline.model.fine-cell.channels",
+        "32",
+        "48",
+        "64",
+    ]
+    config = tyro.cli(AnnotatedBaseConfigUnion, args=args)
+    assert config.pipeline.model.coarse_cell == FieldCellConfig((2, 1, 1), (256, 256, 256))
+    assert config.pipeline.model.fine_cell == FieldCellConfig((4, 1, 3), (32, 48, 64))
+    assert config.machine.device_type == ("cuda" if torch.cuda.is_available() else "cpu")
+    # tyro turns our ValueError into its error box and exit 2: the refusal comes before any data loads
+    with pytest.raises(SystemExit):
+        tyro.cli(
+            AnnotatedBaseConfigUnion, args=["nas-nerf", "--pipeline.model.fine-cell.depths", "0", "1", "1"]
+        )
+    assert "fine cell: depths must be [D1, 1, D3]" in " ".join(capsys.readouterr().err.split())

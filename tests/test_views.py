@@ -1,0 +1,169 @@
+import json
+import math
+
+import pytest
+import torch
+from torch.nn.functional import normalize
+
+from nerfstudio_mobile.views import (
+    MAX_POLAR_DEG,
+    MIN_POLAR_DEG,
+    ForwardFacingViewSampler,
+    PseudoViewSamplerConfig,
+    SphereViewSampler,
+    detect_layout,
+    make_view_sampler,
+    view_sampler_from_dict,
+)
+
+F64 = torch.float64  # rigs are built in float64 and handed to the samplers as float32
+CENTRE = torch.tensor([0.3, -0.2, 0.1], dtype=F64)
+WORLD_UP = torch.tensor([0.0, 0.0, 1.0], dtype=F64)
+
+
+def look_at(position: torch.Tensor, target: torch.Tensor, up: torch.Tensor = WORLD_UP) -> torch.Tensor:
+    back = normalize(position - target, dim=0)
+    right = normalize(torch.linalg.cross(up, back), dim=0)
+    return torch.stack([right, torch.linalg.cross(back, right), back, position], dim=1)
+
+
+def hemisphere_rig(num_cameras: int = 60, radii: tuple[float, float] = (3.5, 4.5)) -> torch.Tensor:
+    """Cameras above CENTRE at polar angles 10°..70°, looking at it (a Blender-like 360 capture)."""
+    generator = torch.Generator().manual_seed(1)
+    polar = torch.deg2rad(10 + 60 * torch.rand(num_cameras, generator=generator, dtype=F64))
+    azimuth = 2 * math.pi * torch.arange(num_cameras, dtype=F64) / num_cameras
+    radius = radii[0] + (radii[1] - radii[0]) * torch.rand(num_cameras, generator=generator, dtype=F64)
+    unit = torch.stack([polar.sin() * azimuth.cos(), polar.sin() * azimuth.sin(), polar.cos()], dim=-1)
+    return torch.stack([look_at(CENTRE + r * u, CENTRE) for r, u in zip(radius, unit, strict=True)]).float()
+
+
+def forward_facing_rig(num_cameras: int = 20, focus_distance: float | None = None) -> torch.Tensor:
+    """Cameras on a small patch of the plane z = 0 looking along -z (or converging at `focus_distance`)."""
+    generator = torch.Generator().manual_seed(2)
+    xy = torch.rand(num_cameras, 2, generator=generator, dtype=F64) - 0.5
+    positions = torch.cat([xy, torch.zeros(num_cameras, 1, dtype=F64)], dim=-1)
+    if focus_distance is None:
+        rotation = torch.eye(3, dtype=F64).expand(num_cameras, 3, 3)
+        return torch.cat([rotation, positions[:, :, None]], dim=-1).float()
+    target = torch.tensor([0.0, 0.0, -focus_distance], dtype=F64)
+    up = torch.tensor([0.0, 1.0, 0.0], dtype=F64)
+    return torch.stack([look_at(position, target, up) for position in positions]).float()
+
+
+def arc_rig() -> torch.Tensor:
+    """A 360 capture that only covers a 90° arc: directions agree within 45°, but the rig surrounds CENTRE."""
+    azimuth = torch.deg2rad(torch.linspace(0, 90, 12, dtype=F64))
+    height = torch.full_like(azimuth, 0.3)
+    positions = CENTRE + 4 * torch.stack([azimuth.cos(), azimuth.sin(), height], dim=-1)
+    return torch.stack([look_at(p, CENTRE) for p in positions]).float()
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, atol: float = 1e-5) -> None:
+    # Not torch.testing.assert_close: its first call imports seconds' worth of torch.distributed.
+    assert actual.shape == expected.shape and (actual - expected).abs().max() <= atol
+
+
+def assert_rotations_proper(poses: torch.Tensor) -> None:
+    rotation = poses[:, :, :3].double()
+    identity = torch.eye(3, dtype=F64).expand_as(rotation)
+    assert_close(rotation.transpose(1, 2) @ rotation, identity)
+    assert_close(torch.linalg.det(rotation), torch.ones(len(poses), dtype=F64))
+
+
+def test_detect_layout() -> None:
+    assert detect_layout(hemisphere_rig()) == "360"
+    assert detect_layout(arc_rig()) == "360"
+    assert detect_layout(forward_facing_rig()) == "forward-facing"
+    assert detect_layout(forward_facing_rig(focus_distance=8.0)) == "forward-facing"
+    # 4x4 matrices are accepted too.
+    bottom_row = torch.tensor([0.0, 0.0, 0.0, 1.0]).expand(20, 1, 4)
+    assert detect_layout(torch.cat([forward_facing_rig(), bottom_row], dim=1)) == "forward-facing"
+
+
+@pytest.mark.parametrize(
+    ("rig", "sampler_type"),
+    [(hemisphere_rig, SphereViewSampler), (forward_facing_rig, ForwardFacingViewSampler)],
+)
+def test_auto_layout_picks_sampler(rig, sampler_type) -> None:
+    assert isinstance(make_view_sampler(PseudoViewSamplerConfig(), rig()), sampler_type)
+
+
+@pytest.mark.parametrize("layout", ["360", "forward-facing"])
+def test_pose_is_a_function_of_seed_and_index_only(layout) -> None:
+    rig = hemisphere_rig() if layout == "360" else forward_facing_rig()
+    sampler = make_view_sampler(PseudoViewSamplerConfig(layout=layout, seed=7), rig)
+    batch = sampler.poses(range(40))
+    # Other batches, other orders, another fit of the same rig, and one at a time: identical bits.
+    refitted = make_view_sampler(PseudoViewSamplerConfig(layout=layout, seed=7), rig.clone())
+    assert torch.equal(refitted.poses([39, 3, 17]), batch[[39, 3, 17]])
+    assert torch.equal(sampler.poses(list(range(39, -1, -1))), batch.flip(0))
+    assert torch.equal(torch.stack([sampler.pose(i) for i in range(40)]), batch)
+    assert len(torch.unique(batch.reshape(40, -1), dim=0)) == 40
+    other_seed = make_view_sampler(PseudoViewSamplerConfig(layout=layout, seed=8), rig)
+    assert not torch.equal(other_seed.poses(range(40)), batch)
+    assert sampler.poses([]).shape == (0, 3, 4)
+
+
+@pytest.mark.parametrize("layout", ["360", "forward-facing"])
+def test_json_round_trip_reproduces_poses(layout) -> None:
+    rig = hemisphere_rig() if layout == "360" else forward_facing_rig()
+    sampler = make_view_sampler(PseudoViewSamplerConfig(layout=layout, seed=3), rig)
+    rebuilt = view_sampler_from_dict(json.loads(json.dumps(sampler.to_dict())))
+    assert rebuilt == sampler
+    assert torch.equal(rebuilt.poses(range(10)), sampler.poses(range(10)))
+
+
+def test_sphere_fit_recovers_rig() -> None:
+    sampler = SphereViewSampler.fit(hemisphere_rig(radii=(3.5, 4.5)))
+    assert_close(torch.tensor(sampler.centre, dtype=F64), CENTRE)
+    assert torch.dot(torch.tensor(sampler.up, dtype=F64), WORLD_UP) > 0.95
+    assert 3.5 <= sampler.radius_range[0] < 3.7 and 4.3 < sampler.radius_range[1] <= 4.5
+    assert 30 < sampler.polar_mean_deg < 50
+
+
+def test_sphere_poses_stay_on_the_training_shell_and_look_at_the_centre() -> None:
+    sampler = SphereViewSampler.fit(hemisphere_rig(), polar_std_deg=60.0)  # wide: exercises both clips
+    poses = sampler.poses(range(500)).double()
+    assert_rotations_proper(poses)
+    centre, up = torch.tensor(sampler.centre, dtype=F64), torch.tensor(sampler.up, dtype=F64)
+    offsets = poses[:, :, 3] - centre
+    radii = offsets.norm(dim=-1)
+    assert radii.min() >= sampler.radius_range[0] - 1e-4 and radii.max() <= sampler.radius_range[1] + 1e-4
+    polar_deg = torch.rad2deg(torch.arccos((normalize(offsets, dim=-1) @ up).clamp(-1, 1)))
+    assert polar_deg.min() >= MIN_POLAR_DEG - 1e-2 and polar_deg.max() <= MAX_POLAR_DEG + 1e-2
+    # -z points at the centre, and the camera's up is as close to `up` as looking there allows.
+    assert_close(-poses[:, :, 2], normalize(-offsets, dim=-1))
+    assert (poses[:, :, 1] @ up).min() >= -1e-6
+    assert_close(poses[:, :, 0] @ up, torch.zeros(500, dtype=F64))
+
+
+def test_sphere_falls_back_to_origin_and_camera_up_when_ill_determined() -> None:
+    # Parallel viewing axes meet nowhere: the centre is the origin (nerfstudio centres scenes).
+    sampler = SphereViewSampler.fit(forward_facing_rig())
+    assert sampler.centre == (0.0, 0.0, 0.0)
+    # A level ring surrounds its centre, so "mean direction to the cameras" is ~0: use the cameras' up.
+    azimuth = torch.linspace(0, 2 * math.pi, 25, dtype=F64)[:-1]
+    positions = 4 * torch.stack([azimuth.cos(), azimuth.sin(), torch.zeros_like(azimuth)], dim=-1)
+    ring = torch.stack([look_at(position, torch.zeros(3, dtype=F64)) for position in positions])
+    ring_sampler = SphereViewSampler.fit(ring.float())
+    assert_close(torch.tensor(ring_sampler.up, dtype=F64), WORLD_UP)
+    assert ring_sampler.polar_mean_deg == pytest.approx(90.0, abs=1e-3)
+
+
+def test_forward_facing_poses_stay_in_enlarged_boxes() -> None:
+    rig = forward_facing_rig(focus_distance=6.0)
+    sampler = ForwardFacingViewSampler.fit(rig, box_scale=1.1)
+    poses = sampler.poses(range(500)).double()
+    assert_rotations_proper(poses)
+    positions = rig[:, :, 3].double()
+    low, high = positions.min(dim=0).values, positions.max(dim=0).values
+    margin = (high - low) * 0.05 + 1e-6
+    assert ((poses[:, :, 3] >= low - margin) & (poses[:, :, 3] <= high + margin)).all()
+    # Some samples use the enlargement.
+    assert ((poses[:, :, 3] < low) | (poses[:, :, 3] > high)).any()
+    # Viewing axes stay about as close to the mean training axis as the training axes are.
+    training_directions = -rig[:, :, 2].double()
+    mean_direction = normalize(training_directions.mean(dim=0), dim=0)
+    assert (-poses[:, :, 2] @ mean_direction).min() > (training_directions @ mean_direction).min() - 0.01
+    # Up stays close to the training cameras' up (+y here).
+    assert poses[:, 1, 1].min() > 0.95
