@@ -98,3 +98,24 @@ def encode_rays(
         points = sample_points(origins, directions, near, far, config.num_points, jitter, generator)
         features = positional_encoding(points.flatten(-2), config.num_frequencies)  # [B, h, w, C]
     return features.permute(0, 3, 1, 2).contiguous()
+
+
+def pinhole_rays(
+    c2w: Tensor, fx: Tensor, fy: Tensor, cx: Tensor, cy: Tensor, height: int, width: int
+) -> tuple[Tensor, Tensor]:
+    """Rays through the pixel centres of pinhole cameras, as nerfstudio generates them: c2w [B, 3, 4]
+    (OpenGL: x right, y up, looking along -z), intrinsics [B] in pixels -> origins, unit directions
+    [B, height, width, 3] (float32). Plain tensor ops, so it also runs inside an exported graph."""
+    c2w = c2w.float()
+    v, u = torch.meshgrid(
+        torch.arange(height, dtype=torch.float32, device=c2w.device) + 0.5,
+        torch.arange(width, dtype=torch.float32, device=c2w.device) + 0.5,
+        indexing="ij",
+    )
+    x = (u[None] - cx.float()[:, None, None]) / fx.float()[:, None, None]
+    y = -(v[None] - cy.float()[:, None, None]) / fy.float()[:, None, None]
+    camera_dirs = torch.stack([x, y, -torch.ones_like(x)], dim=-1)  # [B, h, w, 3]
+    directions = torch.einsum("bij,bhwj->bhwi", c2w[:, :3, :3], camera_dirs)
+    directions = directions / directions.norm(dim=-1, keepdim=True)
+    origins = c2w[:, None, None, :3, 3].expand_as(directions)
+    return origins, directions

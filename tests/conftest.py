@@ -10,6 +10,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.pipelines.base_pipeline import Pipeline
 
 from nas_nerf.scenes import SceneConfig, generate_scene
 
@@ -46,6 +48,21 @@ TEACHER_ARGS = [
 def ns_command(name: str) -> str:
     """An ns-* console script of this environment (tests may run without the venv on PATH)."""
     return str(Path(sys.executable).parent / name)
+
+
+def viewer_camera(pipeline: Pipeline, height: int, width: int) -> Cameras:
+    """Training camera 0 resized to height × width, aspect ratio included, as the viewer asks for."""
+    camera = pipeline.datamanager.train_dataparser_outputs.cameras[0:1]
+    sx, sy = width / camera.width.item(), height / camera.height.item()
+    return Cameras(
+        camera_to_worlds=camera.camera_to_worlds,
+        fx=camera.fx * sx,
+        fy=camera.fy * sy,
+        cx=camera.cx * sx,
+        cy=camera.cy * sy,
+        width=width,
+        height=height,
+    ).to(pipeline.device)
 
 
 def run_ns(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:

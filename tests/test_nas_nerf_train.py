@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ns_command, run_ns
+from conftest import ns_command, run_ns, viewer_camera
 
 from nas_nerf.complexity import cells_from_run
 from nas_nerf.runs import load_run, read_run_config
@@ -40,11 +40,7 @@ def test_ns_eval_prints_psnr_and_ssim(nas_nerf_run: Path, tmp_path: Path) -> Non
 @pytest.mark.parametrize(("height", "width"), [(37, 53), (96, 64)])
 def test_viewer_render_at_any_resolution(nas_nerf_run: Path, height: int, width: int) -> None:
     _, pipeline, _ = load_run(nas_nerf_run, test_mode="inference")
-    camera = pipeline.datamanager.train_dataparser_outputs.cameras[0:1]
-    camera.rescale_output_resolution(
-        torch.tensor([[height / camera.height.item(), width / camera.width.item()]])
-    )
-    outputs = pipeline.model.get_outputs_for_camera(camera.to(pipeline.device))
+    outputs = pipeline.model.get_outputs_for_camera(viewer_camera(pipeline, height, width))
     assert outputs["rgb"].shape == (height, width, 3) and outputs["depth"].shape == (height, width, 1)
     assert 0.0 <= outputs["rgb"].min() and outputs["rgb"].max() <= 1.0
     near_object = outputs["accumulation"][..., 0] > 0.9

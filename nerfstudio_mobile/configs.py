@@ -1,0 +1,47 @@
+"""Method specification: `ns-train mobile-r2l --pipeline.datamanager.teacher-config <run>/config.yml`."""
+
+from __future__ import annotations
+
+from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
+from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
+from nerfstudio.plugins.types import MethodSpecification
+
+from nas_nerf.compat import allow_numpy_in_checkpoints, default_device_type
+from nerfstudio_mobile.datamanager import PseudoViewDataManagerConfig
+from nerfstudio_mobile.model import MobileR2LModelConfig
+from nerfstudio_mobile.optimization import AdamWOptimizerConfig, WarmupStepDecaySchedulerConfig
+
+allow_numpy_in_checkpoints()  # our scheduler's state holds numpy scalars; eval_setup must still load it
+
+PAPER_STEPS = 600_000
+
+
+def mobile_r2l_trainer(max_steps: int = PAPER_STEPS) -> TrainerConfig:
+    """The paper's recipe: AdamW 5e-4 with warm-up and step decay, MSE on whole images, mixed precision."""
+    return TrainerConfig(
+        method_name="mobile-r2l",
+        steps_per_eval_batch=0,
+        steps_per_eval_image=5000,
+        steps_per_eval_all_images=50_000,
+        steps_per_save=5000,
+        max_num_iterations=max_steps,
+        mixed_precision=True,  # CUDA only; on CPUs the model runs its network in bf16 itself
+        pipeline=VanillaPipelineConfig(datamanager=PseudoViewDataManagerConfig(), model=MobileR2LModelConfig()),
+        optimizers={
+            "network": {
+                "optimizer": AdamWOptimizerConfig(lr=5e-4, eps=1e-8, weight_decay=0.0),
+                "scheduler": WarmupStepDecaySchedulerConfig(max_steps=max_steps),
+            }
+        },
+        viewer=ViewerConfig(num_rays_per_chunk=1 << 15),
+        vis="viewer",
+        machine=MachineConfig(device_type=default_device_type()),  # type: ignore[arg-type]
+    )
+
+
+mobile_r2l = MethodSpecification(
+    config=mobile_r2l_trainer(),
+    description="MobileR2L: a 1x1-conv light field with super-resolution distilled from any trained nerfstudio "
+    "model (--pipeline.datamanager.teacher-config), one forward pass per frame, exportable to Core ML/ONNX.",
+)

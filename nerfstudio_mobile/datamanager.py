@@ -1,0 +1,223 @@
+"""The distillation datamanager: pseudo views rendered by a teacher, then the real training images.
+
+    teacher config.yml ─► its dataparser on its data ─► training cameras (teacher's normalised frame)
+                                                          │
+             view sampler (360 sphere / forward-facing box) ◄┘
+                     │ pose of view i = f(seed, i)
+                     ▼
+    teacher renders full-resolution RGB + depth ─► PseudoViewCache (sharded, resumable, uint8 / fp16)
+                     ▼
+    training batches: B whole pseudo views ... then B real training images for the last `finetune_steps`
+
+Evaluation (ns-eval, the viewer) uses the dataset's real val/test split, exactly as the teacher's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from nerfstudio.cameras.cameras import Cameras, CameraType
+from nerfstudio.data.datamanagers.full_images_datamanager import (
+    FullImageDatamanager,
+    FullImageDatamanagerConfig,
+)
+from nerfstudio.data.datasets.base_dataset import InputDataset
+from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
+from nerfstudio.utils.rich_utils import CONSOLE
+from torch import Tensor
+
+from nerfstudio_mobile.cache import CacheMeta, PseudoViewCache, PseudoViewDataset, generate_views
+from nerfstudio_mobile.teacher import Teacher, collider_near_far, pinhole_intrinsics, read_teacher_config
+from nerfstudio_mobile.views import PseudoViewSamplerConfig, make_view_sampler
+
+# MobileR2L's super-resolution factors per scene layout: 8× for 360 scenes, 12× for forward-facing ones.
+UPSCALE_FACTORS: dict[str, tuple[int, ...]] = {"360": (2, 2, 2), "forward-facing": (2, 2, 3)}
+
+
+@dataclass
+class PseudoViewDataManagerConfig(FullImageDatamanagerConfig):
+    """Distil from a trained nerfstudio run: its pseudo views, then its real training images."""
+
+    _target: type = field(default_factory=lambda: PseudoViewDataManager)
+    teacher_config: Path | None = None
+    """config.yml of the trained teacher (any nerfstudio method). Its dataparser and data are used as-is."""
+    num_pseudo_views: int = 10_000
+    """Pseudo views the teacher renders (paper: 10k for 360 scenes, 8k forward-facing)."""
+    pseudo_view_dir: Path | None = None
+    """Cache directory; default: <teacher run>/pseudo_views/<layout>-<N>-<H>x<W>-seed<seed>. Reused across runs."""
+    pseudo_view_scale: float = 1.0
+    """Resolution of the pseudo views relative to the training images (1.0 = full resolution, as the paper)."""
+    sampler: PseudoViewSamplerConfig = field(default_factory=PseudoViewSamplerConfig)
+    """Where pseudo views are placed (layout auto-detected from the training cameras)."""
+    images_per_batch: int = 54
+    """Whole images per training step (paper: 54 for 360 scenes, 36 forward-facing)."""
+    finetune_steps: int = 1000
+    """The last steps of training use the real training images instead of pseudo views."""
+    near: float | None = None
+    """Student near plane; default: the teacher's collider near, else estimated from its depth renders."""
+    far: float | None = None
+    """Student far plane; default as for near."""
+    upscale_factors: tuple[int, ...] | None = None
+    """Super-resolution factors; default (2, 2, 2) for 360 scenes and (2, 2, 3) for forward-facing ones."""
+    ram_budget_gb: float = 8.0
+    """Decoded pseudo views kept in RAM; beyond it they are decoded from disk on access."""
+
+    def __post_init__(self) -> None:
+        if self.teacher_config is not None:
+            teacher = read_teacher_config(self.teacher_config)
+            # The student lives in the teacher's world: same dataparser, same data, same normalisation.
+            self.dataparser = teacher.pipeline.datamanager.dataparser
+            self.data = teacher.pipeline.datamanager.data
+
+
+class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
+    config: PseudoViewDataManagerConfig
+
+    def __init__(
+        self,
+        config: PseudoViewDataManagerConfig,
+        device: torch.device | str = "cpu",
+        test_mode: Literal["test", "val", "inference"] = "val",
+        world_size: int = 1,
+        local_rank: int = 0,
+        **kwargs,
+    ) -> None:
+        teacher_config = read_teacher_config(config.teacher_config)
+        if config.data is None or not Path(config.data).exists():
+            raise ValueError(
+                f"The teacher's data ({config.data}) no longer exists: put the scene back there or edit "
+                f"pipeline.datamanager.data in {config.teacher_config}."
+            )
+        super().__init__(config, device, test_mode, world_size, local_rank, **kwargs)
+        train_c2w = self.train_dataparser_outputs.cameras.camera_to_worlds
+        self.view_sampler = make_view_sampler(config.sampler, train_c2w)
+        self.upscale_factors = config.upscale_factors or UPSCALE_FACTORS[self.view_sampler.layout]
+        explicit = (config.near, config.far) if config.near is not None and config.far is not None else None
+        self.near_far: tuple[float, float] | None = explicit or collider_near_far(teacher_config)
+        self.finetune_from = float("inf")  # set from the trainer's step budget in get_training_callbacks
+        self.generator = torch.Generator().manual_seed(config.sampler.seed)
+        self.pseudo_views: PseudoViewDataset | None = None
+        if test_mode == "val":  # training: make sure every pseudo view exists, then read them
+            cache = build_pseudo_view_cache(config, self, shard=0, num_shards=1)
+            near, far = cache.meta.extra["near_far"]
+            self.near_far = (near, far)
+            self.pseudo_views = PseudoViewDataset(cache, ram_budget_bytes=int(config.ram_budget_gb * 2**30))
+        # The model reads these when the pipeline builds it (metadata is nerfstudio's channel for that).
+        self.train_dataset.metadata["mobile_r2l"] = {
+            "layout": self.view_sampler.layout,
+            "upscale_factors": self.upscale_factors,
+            "near_far": self.near_far,
+        }
+
+    def get_training_callbacks(self, attributes: TrainingCallbackAttributes) -> list[TrainingCallback]:
+        assert attributes.trainer is not None
+        self.finetune_from = max(0, attributes.trainer.config.max_num_iterations - self.config.finetune_steps)
+        return []
+
+    def get_train_rays_per_batch(self) -> int:
+        """Pixels per step (the trainer's rays/s column)."""
+        if self.pseudo_views is None:
+            return super().get_train_rays_per_batch()
+        return self.config.images_per_batch * self.pseudo_views.cache.meta.height * self.pseudo_views.cache.meta.width
+
+    def next_train(self, step: int) -> tuple[Cameras, dict[str, Tensor]]:  # type: ignore[override]
+        return self.real_batch() if self.pseudo_views is None or step >= self.finetune_from else self.pseudo_batch()
+
+    def pseudo_batch(self) -> tuple[Cameras, dict[str, Tensor]]:
+        assert self.pseudo_views is not None
+        views = self.pseudo_views.sample(self.config.images_per_batch, self.generator)
+        meta = self.pseudo_views.cache.meta
+        cameras = pinhole_cameras(views.c2w, meta.height, meta.width, meta.fx, meta.fy, meta.cx, meta.cy)
+        batch = {"image": views.rgb.float() / 255.0, "depth": views.depth.float()}
+        return cameras.to(self.device), {name: value.to(self.device) for name, value in batch.items()}
+
+    def real_batch(self) -> tuple[Cameras, dict[str, Tensor]]:
+        """Real training images of one size (the first image's), for the fine-tuning phase."""
+        size = self.cached_train[0]["image"].shape[:2]
+        same_size = [i for i, data in enumerate(self.cached_train) if data["image"].shape[:2] == size]
+        count = min(self.config.images_per_batch, len(same_size))
+        chosen = [same_size[i] for i in torch.randperm(len(same_size), generator=self.generator)[:count].tolist()]
+        images = torch.stack([self.cached_train[i]["image"][..., :3] for i in chosen]).float()
+        return self.train_cameras[torch.tensor(chosen)].to(self.device), {"image": images.to(self.device)}
+
+
+def pinhole_cameras(c2w: Tensor, height: int, width: int, fx: float, fy: float, cx: float, cy: float) -> Cameras:
+    return Cameras(
+        camera_to_worlds=c2w.float(),
+        fx=fx,
+        fy=fy,
+        cx=cx,
+        cy=cy,
+        width=width,
+        height=height,
+        camera_type=CameraType.PERSPECTIVE,
+    )
+
+
+def build_pseudo_view_cache(
+    config: PseudoViewDataManagerConfig, datamanager: PseudoViewDataManager, shard: int, num_shards: int
+) -> PseudoViewCache:
+    """Open (or create) the pseudo-view cache and render this shard's missing views with the teacher.
+
+    Everything that decides a view's content goes into the cache's meta, so a cache is only ever reused
+    for the same views, and any process or machine given the same config renders identical views."""
+    assert config.teacher_config is not None
+    height, width, fx, fy, cx, cy = pinhole_intrinsics(datamanager.train_dataparser_outputs.cameras)
+    scale = config.pseudo_view_scale
+    height, width, fx, fy, cx, cy = (
+        round(height * scale),
+        round(width * scale),
+        fx * scale,
+        fy * scale,
+        cx * scale,
+        cy * scale,
+    )
+    sampler = datamanager.view_sampler
+    root = config.pseudo_view_dir or (
+        Path(read_teacher_config(config.teacher_config).get_base_dir())
+        / "pseudo_views"
+        / f"{sampler.layout}-{config.num_pseudo_views}-{height}x{width}-seed{sampler.seed}"
+    )
+    teacher: Teacher | None = None
+    near_far = datamanager.near_far
+    existing = root / "meta.json"
+    if near_far is None and existing.is_file():  # estimated once, by whoever created the cache
+        near, far = json.loads(existing.read_text())["extra"]["near_far"]
+        near_far = (near, far)
+    if near_far is None:
+        teacher = Teacher.load(config.teacher_config)
+        near_far = teacher.estimate_near_far(datamanager.train_dataparser_outputs.cameras)
+    sampler_state = sampler.to_dict()
+    meta = CacheMeta(
+        num_views=config.num_pseudo_views,
+        height=height,
+        width=width,
+        fx=fx,
+        fy=fy,
+        cx=cx,
+        cy=cy,
+        layout=sampler.layout,
+        seed=sampler.seed,
+        teacher_config=str(Path(config.teacher_config).resolve()),
+        extra={
+            "near_far": list(near_far),
+            "sampler": sampler_state,
+            "sampler_digest": hashlib.sha1(json.dumps(sampler_state, sort_keys=True).encode()).hexdigest(),
+        },
+    )
+    cache = PseudoViewCache(root, meta)
+    if cache.missing(shard, num_shards):
+        teacher = teacher or Teacher.load(config.teacher_config)
+        CONSOLE.print(f"Rendering pseudo views with the teacher into {root} (resumable; shard {shard}/{num_shards})")
+        loaded = teacher
+
+        def render(c2w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            return loaded.render(pinhole_cameras(c2w[None], height, width, fx, fy, cx, cy))
+
+        generate_views(cache, render, sampler.poses, shard=shard, num_shards=num_shards)
+    return cache

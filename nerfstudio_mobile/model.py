@@ -1,0 +1,123 @@
+"""MobileR2L as a nerfstudio model: a whole frame per forward pass, for any camera at any resolution.
+
+camera (H×W, fx, fy, cx, cy, pose) ─► ray grid at H/s × W/s (focal / s, rays through block centres)
+    ─► K points between near and far, positional encoding (fp32) ─► [B, 312, h, w]
+    ─► LightFieldNetwork (bf16 on CPUs with AMX) ─► [B, 3 + 1, h·s, w·s] ─► crop to H×W ─► rgb, depth
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import torch
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.models.base_model import Model, ModelConfig
+from nerfstudio.utils import colormaps
+from torch import Tensor
+from torch.nn import Parameter
+
+from nas_nerf.compat import optional_lpips
+from nas_nerf.model import image_metrics
+from nerfstudio_mobile.encoding import RayEncodingConfig, encode_rays, pinhole_rays
+from nerfstudio_mobile.network import LightFieldNetwork, LightFieldNetworkConfig
+
+
+@dataclass
+class MobileR2LModelConfig(ModelConfig):
+    """The MobileR2L student (paper defaults: K=8, L=6, width 256, 28 residual blocks)."""
+
+    _target: type = field(default_factory=lambda: MobileR2LModel)
+    encoding: RayEncodingConfig = field(default_factory=RayEncodingConfig)
+    """Points per ray and encoding frequencies."""
+    network: LightFieldNetworkConfig = field(default_factory=LightFieldNetworkConfig)
+    """Backbone and super-resolution (input channels follow the encoding; upscale factors the scene layout)."""
+    depth_loss_weight: float = 0.1
+    """Weight of the distilled-depth loss (depth / far, on pixels where the teacher saw a surface)."""
+    cpu_bf16: bool = True
+    """On CPUs, run the network in bfloat16 (the ray encoding always stays fp32)."""
+    enable_collider: bool = False
+    collider_params: dict[str, float] | None = None
+    loss_coefficients: dict[str, float] = field(default_factory=lambda: {"rgb_loss": 1.0, "depth_loss": 1.0})
+
+
+class MobileR2LModel(Model):
+    config: MobileR2LModelConfig
+
+    def populate_modules(self) -> None:
+        super().populate_modules()
+        scene = self.kwargs.get("metadata", {}).get("mobile_r2l", {})
+        self.network_config = replace(
+            self.config.network,
+            in_channels=self.config.encoding.num_channels,
+            upscale_factors=tuple(scene.get("upscale_factors", self.config.network.upscale_factors)),
+        )
+        self.network = LightFieldNetwork(self.network_config)
+        near, far = scene.get("near_far") or (0.0, 1.0)  # without a teacher (eval), the checkpoint restores them
+        self.register_buffer("near_far", torch.tensor([near, far], dtype=torch.float32))
+        self.lpips = optional_lpips()
+
+    @property
+    def upscale(self) -> int:
+        return self.network_config.upscale
+
+    def get_param_groups(self) -> dict[str, list[Parameter]]:
+        return {"network": list(self.network.parameters())}
+
+    def encode(self, cameras: Cameras, jitter: bool) -> tuple[Tensor, tuple[int, int]]:
+        """Cameras (one size) -> network input [B, C, ceil(H/s), ceil(W/s)] and the (H, W) to crop to."""
+        height, width, s = int(cameras.height.flatten()[0]), int(cameras.width.flatten()[0]), self.upscale
+        origins, directions = pinhole_rays(
+            cameras.camera_to_worlds.reshape(-1, 3, 4).to(self.device),
+            *(getattr(cameras, name).reshape(-1).to(self.device) / s for name in ("fx", "fy", "cx", "cy")),
+            height=math.ceil(height / s),
+            width=math.ceil(width / s),
+        )
+        near, far = self.near_far.tolist()
+        return encode_rays(origins, directions, near, far, self.config.encoding, jitter=jitter), (height, width)
+
+    def get_outputs(self, cameras: Cameras) -> dict[str, Tensor]:  # type: ignore[override]
+        """[B] cameras -> rgb [B, H, W, 3], depth [B, H, W, 1]. A grid that overshoots H×W is cropped: the
+        block of low-res pixel (i, j) covers the same pixels as in the requested camera."""
+        encoded, (height, width) = self.encode(cameras, jitter=self.training)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.cpu_bf16 and self.device.type == "cpu"):
+            out = self.network(encoded)
+        out = out.float()[:, :, :height, :width].permute(0, 2, 3, 1)
+        outputs = {"rgb": out[..., :3]}
+        if self.network_config.predict_depth:
+            outputs["depth"] = out[..., 3:4]
+        return outputs
+
+    @torch.no_grad()
+    def get_outputs_for_camera(self, camera: Cameras, obb_box: object = None) -> dict[str, Tensor]:
+        """One camera at any resolution in one forward pass (the viewer asks for many sizes)."""
+        outputs = {name: value[0] for name, value in self.get_outputs(camera[0:1]).items()}
+        outputs.setdefault("depth", torch.zeros_like(outputs["rgb"][..., :1]))
+        return outputs
+
+    def get_metrics_dict(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        mse = torch.mean((outputs["rgb"].detach() - batch["image"][..., :3].to(self.device)) ** 2)
+        return {"psnr": -10.0 * torch.log10(mse.clamp_min(1e-10))}
+
+    def get_loss_dict(
+        self, outputs: dict[str, Tensor], batch: dict[str, Tensor], metrics_dict: dict | None = None
+    ) -> dict[str, Tensor]:
+        losses = {"rgb_loss": torch.mean((outputs["rgb"] - batch["image"][..., :3].to(self.device)) ** 2)}
+        if "depth" in batch and "depth" in outputs and self.config.depth_loss_weight > 0:
+            target = batch["depth"].to(self.device)[..., None]
+            surface = target > 0  # the cache stores 0 where the teacher saw no surface
+            far = self.near_far[1]
+            error = ((outputs["depth"] - target) / far) ** 2
+            losses["depth_loss"] = self.config.depth_loss_weight * (error * surface).sum() / surface.sum().clamp_min(1)
+        return {name: value * self.config.loss_coefficients.get(name, 1.0) for name, value in losses.items()}
+
+    def get_image_metrics_and_images(
+        self, outputs: dict[str, Tensor], batch: dict[str, Tensor]
+    ) -> tuple[dict[str, float], dict[str, Tensor]]:
+        image = batch["image"][..., :3].to(outputs["rgb"].device)
+        near, far = self.near_far.tolist()
+        depth = colormaps.apply_depth_colormap(outputs["depth"], near_plane=near, far_plane=far)
+        return image_metrics(image, outputs["rgb"], self.lpips), {
+            "img": torch.cat([image, outputs["rgb"]], dim=1),
+            "depth": depth,
+        }
