@@ -178,6 +178,11 @@ class SphereViewSampler(ViewSampler):
         position = torch.tensor(self.centre, dtype=torch.float64) + radius * back
         return _c2w_from_axes(back, up, position)
 
+    def orbit(self, frames: int) -> Tensor:
+        """A turntable path [frames, 3, 4]: mid radius, median polar angle, azimuth sweeping once around."""
+        uniforms = [torch.tensor([0.5, 0.5, i / frames], dtype=torch.float64) for i in range(frames)]
+        return torch.stack([self._pose_from_uniforms(u) for u in uniforms]).float()
+
 
 @dataclass(frozen=True)
 class ForwardFacingViewSampler(ViewSampler):

@@ -111,3 +111,32 @@ def nas_nerf_run(synthetic_scene: Path, tmp_path_factory: pytest.TempPathFactory
         cwd=workdir,
     )
     return workdir / "outputs" / "scene" / "nas-nerf" / "run" / "config.yml"
+
+
+# A student small enough to distil in about a minute: 2 residual blocks of width 32.
+STUDENT_PSEUDO_VIEWS = 40
+STUDENT_ARGS = [
+    "--pipeline.datamanager.num-pseudo-views", str(STUDENT_PSEUDO_VIEWS),
+    "--pipeline.datamanager.images-per-batch", "8",
+    "--pipeline.model.network.num-blocks", "2",
+    "--pipeline.model.network.width", "32",
+    "--optimizers.network.optimizer.lr", "2e-3",
+]  # fmt: skip
+STUDENT_ITERATIONS = 400
+STUDENT_FINETUNE_STEPS = 50
+
+
+@pytest.fixture(scope="session")
+def mobile_r2l_run(nas_nerf_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """config.yml of a tiny MobileR2L student distilled from `nas_nerf_run` by the real `ns-train`."""
+    workdir = tmp_path_factory.mktemp("mobile_r2l_run")
+    run_ns(
+        [ns_command("ns-train"), "mobile-r2l", "--pipeline.datamanager.teacher-config", str(nas_nerf_run),
+         "--output-dir", "outputs", "--experiment-name", "scene", "--timestamp", "run", "--vis", "tensorboard",
+         "--max-num-iterations", str(STUDENT_ITERATIONS), "--optimizers.network.scheduler.max-steps",
+         str(STUDENT_ITERATIONS), "--pipeline.datamanager.finetune-steps", str(STUDENT_FINETUNE_STEPS),
+         "--steps-per-save", str(STUDENT_ITERATIONS), "--steps-per-eval-image", "100000",
+         "--steps-per-eval-all-images", "100000", *STUDENT_ARGS],
+        cwd=workdir,
+    )  # fmt: skip
+    return workdir / "outputs" / "scene" / "mobile-r2l" / "run" / "config.yml"

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import ns_command, run_ns, viewer_camera
+import yaml
+from conftest import TEACHER_ITERATIONS, ns_command, run_ns, viewer_camera
 
 from nas_nerf.complexity import cells_from_run
 from nas_nerf.runs import load_run, read_run_config
@@ -15,7 +17,7 @@ from nas_nerf.runs import load_run, read_run_config
 
 def test_training_raises_psnr_well_above_the_untrained_model(nas_nerf_run: Path) -> None:
     config, trained, step = load_run(nas_nerf_run)
-    assert step == 599
+    assert step == TEACHER_ITERATIONS - 1
     assert config.machine.device_type == ("cuda" if torch.cuda.is_available() else "cpu")
     untrained = config.pipeline.setup(device=trained.device, test_mode="test").eval()
     before = untrained.get_average_eval_image_metrics()
@@ -53,14 +55,15 @@ def test_complexity_of_a_trained_run(nas_nerf_run: Path) -> None:
     run_ns([ns_command("ns-nas-complexity"), "--load-config", str(nas_nerf_run)], cwd=nas_nerf_run.parent)
 
 
-def test_moved_run_and_missing_data_errors(nas_nerf_run: Path, tmp_path: Path) -> None:
-    config = read_run_config(nas_nerf_run)
-    assert config.get_checkpoint_dir().is_dir()
+def test_moved_run_loads_and_missing_data_is_explained(nas_nerf_run: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_run(tmp_path / "nope" / "config.yml")
-    moved = tmp_path / "outputs" / "x" / "nas-nerf" / "t"
-    moved.mkdir(parents=True)
-    text = nas_nerf_run.read_text().replace(str(config.pipeline.datamanager.data), str(tmp_path / "gone"))
-    (moved / "config.yml").write_text(text)
+    moved = tmp_path / "elsewhere" / "x" / "nas-nerf" / "t"
+    shutil.copytree(nas_nerf_run.parent, moved)
+    _, pipeline, step = load_run(moved / "config.yml", test_mode="inference")  # checkpoints found next to it
+    assert step == TEACHER_ITERATIONS - 1
+    config = read_run_config(moved / "config.yml")
+    config.pipeline.datamanager.data = tmp_path / "gone"
+    (moved / "config.yml").write_text(yaml.dump(config))
     with pytest.raises(FileNotFoundError, match="no longer exists"):
         load_run(moved / "config.yml")

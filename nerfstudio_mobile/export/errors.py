@@ -1,0 +1,21 @@
+"""Problems a user can fix: the CLI prints their message, which says what to do, instead of a traceback."""
+
+
+class ExportError(Exception):
+    """Base of the errors `ns-export-mobile` reports as a message."""
+
+
+class NotAStudentError(ExportError, ValueError):
+    """The run to export is not a trained MobileR2L student."""
+
+
+class MissingDependencyError(ExportError, ImportError):
+    """An optional package of the `export` extra is not installed."""
+
+
+class OutputExistsError(ExportError, FileExistsError):
+    """The output directory holds files and --overwrite was not given."""
+
+
+class GridShapeError(ExportError, ValueError):
+    """The requested output size does not split into whole super-resolution blocks."""

@@ -1,0 +1,43 @@
+"""`ns-mobile-pseudo-views`: render a teacher's pseudo views into the shared cache, one shard per process.
+
+Teacher rendering is where distillation spends its time; run this on several processes or machines with
+`--shard k --num-shards n` (same arguments otherwise, cache on a shared disk), then `ns-train mobile-r2l`
+with the same arguments finds the cache complete. A killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import tyro
+from rich.console import Console
+
+from nerfstudio_mobile.datamanager import PseudoViewDataManager, PseudoViewDataManagerConfig, build_pseudo_view_cache
+
+
+@dataclass
+class RenderPseudoViews:
+    """Render the pseudo views `ns-train mobile-r2l` distils from (same flags as its datamanager)."""
+
+    datamanager: PseudoViewDataManagerConfig = field(default_factory=PseudoViewDataManagerConfig)
+    """Teacher, view count, resolution, sampler: pass the values the training run will use."""
+    shard: int = 0
+    """Which shard this process renders (views i with i % num_shards == shard)."""
+    num_shards: int = 1
+    """How many processes share the work."""
+
+    def main(self) -> Path:
+        if not 0 <= self.shard < self.num_shards:
+            raise ValueError(f"--shard must be in [0, --num-shards), got {self.shard} of {self.num_shards}.")
+        config = PseudoViewDataManagerConfig(**{**vars(self.datamanager)})  # re-run __post_init__ (teacher data)
+        datamanager = PseudoViewDataManager(config, test_mode="inference")
+        cache = build_pseudo_view_cache(config, datamanager, self.shard, self.num_shards)
+        state = "complete" if cache.complete() else f"{len(cache)}/{cache.meta.num_views} views (other shards pending)"
+        Console().print(f"[bold green]Pseudo views in {cache.root}: {state}")
+        return cache.root
+
+
+def entrypoint() -> None:
+    tyro.extras.set_accent_color("bright_yellow")
+    tyro.cli(RenderPseudoViews).main()

@@ -1,0 +1,159 @@
+"""`ns-train mobile-r2l`: a tiny student distilled from the tiny nas-nerf teacher, end to end."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import STUDENT_PSEUDO_VIEWS, ns_command, run_ns, viewer_camera
+from nerfstudio.data.scene_box import SceneBox
+
+from nas_nerf.model import image_metrics
+from nas_nerf.runs import load_run
+from nerfstudio_mobile.cache import PseudoViewCache
+from nerfstudio_mobile.datamanager import (
+    PseudoViewDataManager,
+    PseudoViewDataManagerConfig,
+    build_pseudo_view_cache,
+    pinhole_cameras,
+)
+from nerfstudio_mobile.model import MobileR2LModelConfig
+from nerfstudio_mobile.network import LightFieldNetworkConfig
+from nerfstudio_mobile.optimization import WarmupStepDecaySchedulerConfig
+
+
+def teacher_cache(teacher_run: Path) -> PseudoViewCache:
+    (root,) = (teacher_run.parent / "pseudo_views").iterdir()
+    return PseudoViewCache.open(root)
+
+
+def test_student_learns_the_teachers_renders(mobile_r2l_run: Path, nas_nerf_run: Path) -> None:
+    config, student, _ = load_run(mobile_r2l_run)
+    cache = teacher_cache(nas_nerf_run)
+    assert cache.complete() and len(cache) == STUDENT_PSEUDO_VIEWS
+    untrained = config.pipeline.setup(device=student.device, test_mode="test").eval()
+    meta = cache.meta
+    views = [cache.read(i) for i in range(8)]
+    cameras = pinhole_cameras(torch.stack([torch.as_tensor(v.c2w) for v in views]), meta.height, meta.width,
+                              meta.fx, meta.fy, meta.cx, meta.cy)  # fmt: skip
+
+    def psnr(model: torch.nn.Module) -> float:
+        with torch.no_grad():
+            rgb = model.get_outputs(cameras.to(model.device))["rgb"]
+        return sum(
+            image_metrics(torch.as_tensor(v.rgb) / 255.0, r)["psnr"] for v, r in zip(views, rgb, strict=True)
+        ) / len(views)
+
+    before, after = psnr(untrained.model), psnr(student.model)
+    assert after > before + 5.0, (before, after)
+
+
+def test_depth_channel_is_distilled(mobile_r2l_run: Path, nas_nerf_run: Path) -> None:
+    _, student, _ = load_run(mobile_r2l_run)
+    cache = teacher_cache(nas_nerf_run)
+    view, meta = cache.read(0), cache.meta
+    camera = pinhole_cameras(
+        torch.as_tensor(view.c2w)[None], meta.height, meta.width, meta.fx, meta.fy, meta.cx, meta.cy
+    )
+    depth = student.model.get_outputs_for_camera(camera)["depth"][..., 0]
+    teacher_depth = torch.as_tensor(view.depth).float()
+    surface = teacher_depth > 0
+    relative_error = ((depth[surface] - teacher_depth[surface]).abs() / teacher_depth[surface]).median()
+    assert relative_error < 0.25
+
+
+def test_ns_eval_on_the_real_test_split(mobile_r2l_run: Path, tmp_path: Path) -> None:
+    output = tmp_path / "eval.json"
+    run_ns([ns_command("ns-eval"), "--load-config", str(mobile_r2l_run), "--output-path", str(output)],
+           cwd=mobile_r2l_run.parents[4])  # fmt: skip
+    results = json.loads(output.read_text())["results"]
+    assert results["psnr"] > 13.0 and 0.0 < results["ssim"] <= 1.0
+
+
+@pytest.mark.parametrize(("height", "width"), [(37, 53), (96, 64)])
+def test_viewer_renders_any_resolution_in_one_pass(mobile_r2l_run: Path, height: int, width: int) -> None:
+    _, pipeline, _ = load_run(mobile_r2l_run, test_mode="inference")
+    outputs = pipeline.model.get_outputs_for_camera(viewer_camera(pipeline, height, width))
+    assert outputs["rgb"].shape == (height, width, 3) and outputs["depth"].shape == (height, width, 1)
+    assert 0.0 <= outputs["rgb"].min() and outputs["rgb"].max() <= 1.0
+
+
+def test_teacher_stays_out_of_the_student_checkpoint(mobile_r2l_run: Path) -> None:
+    _, pipeline, _ = load_run(mobile_r2l_run, test_mode="inference")
+    (checkpoint,) = (mobile_r2l_run.parent / "nerfstudio_models").glob("step-*.ckpt")
+    state = torch.load(checkpoint, map_location="cpu")["pipeline"]
+    assert all(key.startswith("_model.") for key in state), [k for k in state if not k.startswith("_model.")][:5]
+    stored = sum(v.numel() for k, v in state.items() if k.startswith("_model.network.") and "running" not in k
+                 and "num_batches" not in k)  # fmt: skip
+    assert stored == sum(p.numel() for p in pipeline.model.network.parameters())
+
+
+def test_generation_resumes_after_a_kill_and_shards_into_one_cache(nas_nerf_run: Path, tmp_path: Path) -> None:
+    """Two shards in two processes, one of them killed mid-way and restarted: the cache ends complete and
+    byte-identical to one rendered in a single uninterrupted run."""
+    num_views = 8
+    args = ["--datamanager.teacher-config", str(nas_nerf_run), "--datamanager.num-pseudo-views", str(num_views),
+            "--datamanager.pseudo-view-scale", "2"]  # fmt: skip
+    reference_config = PseudoViewDataManagerConfig(
+        teacher_config=nas_nerf_run, num_pseudo_views=num_views, pseudo_view_scale=2, pseudo_view_dir=tmp_path / "ref"
+    )
+    build_pseudo_view_cache(
+        reference_config, PseudoViewDataManager(reference_config, test_mode="inference"), shard=0, num_shards=1
+    )
+    sharded = tmp_path / "sharded"
+    command = [ns_command("ns-mobile-pseudo-views"), *args, "--datamanager.pseudo-view-dir", str(sharded)]
+    victim = subprocess.Popen([*command, "--shard", "1", "--num-shards", "2"], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)  # fmt: skip
+    views = sharded / "views"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(views.glob("*.npz"))) < 2 and victim.poll() is None:
+        time.sleep(0.05)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    killed_with = len(list(views.glob("*.npz")))
+    assert 0 < killed_with < num_views // 2, "the kill should land mid-way"
+    run_ns([*command, "--shard", "0", "--num-shards", "2"], cwd=tmp_path)
+    run_ns([*command, "--shard", "1", "--num-shards", "2"], cwd=tmp_path)
+    reference_files = sorted(p.name for p in (tmp_path / "ref" / "views").iterdir())
+    assert sorted(p.name for p in views.iterdir()) == reference_files and len(reference_files) == num_views
+    for name in reference_files:
+        assert (views / name).read_bytes() == (tmp_path / "ref" / "views" / name).read_bytes(), name
+
+
+def test_missing_or_wrong_teacher_is_explained(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="pass --pipeline.datamanager.teacher-config"):
+        PseudoViewDataManager(PseudoViewDataManagerConfig())
+    with pytest.raises(ValueError, match="does not exist"):
+        PseudoViewDataManagerConfig(teacher_config=tmp_path / "nope" / "config.yml")
+
+
+def test_forward_facing_student_upscales_12x_and_renders_any_size() -> None:
+    config = MobileR2LModelConfig(network=LightFieldNetworkConfig(width=16, num_blocks=1))
+    model = config.setup(
+        scene_box=SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1,
+        metadata={"mobile_r2l": {"upscale_factors": (2, 2, 3), "near_far": (0.5, 3.0)}},
+    ).eval()  # fmt: skip
+    assert model.upscale == 12
+    camera = pinhole_cameras(torch.eye(4)[None, :3], 50, 70, 60.0, 60.0, 35.0, 25.0)
+    encoded, size = model.encode(camera, jitter=False)
+    assert encoded.shape == (1, 312, 5, 6) and size == (50, 70)  # ceil(50/12), ceil(70/12)
+    outputs = model.get_outputs_for_camera(camera)
+    assert outputs["rgb"].shape == (50, 70, 3) and outputs["depth"].shape == (50, 70, 1)
+
+
+def test_learning_rate_warms_up_then_decays() -> None:
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([parameter], lr=5e-4)
+    scheduler = WarmupStepDecaySchedulerConfig(max_steps=1000).setup().get_scheduler(optimizer, lr_init=5e-4)
+    rates = []
+    for _ in range(1000):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(1e-4) and rates[100] == pytest.approx(3e-4) and rates[200] == pytest.approx(5e-4)
+    assert rates[499] == pytest.approx(5e-4) and rates[500] == pytest.approx(5e-5) and rates[999] == pytest.approx(5e-6)
