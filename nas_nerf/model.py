@@ -16,6 +16,7 @@ from nerfstudio.field_components.field_heads import FieldHeadNames
 from nerfstudio.model_components.losses import MSELoss
 from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
 from nerfstudio.model_components.renderers import AccumulationRenderer, DepthRenderer, RGBRenderer
+from nerfstudio.model_components.scene_colliders import NearFarCollider
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps, misc
 from torch import Tensor
@@ -46,7 +47,7 @@ class NASNeRFModelConfig(ModelConfig):
     background_color: Literal["random", "last_sample", "black", "white"] = "white"
     """Background colour composited behind the rendered rays."""
     cpu_bf16: bool = True
-    """On a CPU, run the field MLPs in bfloat16 (AMX): ~2.4× faster; sampling, compositing stay fp32."""
+    """On a CPU, run the field MLPs in bfloat16 (AVX512-BF16/AMX): ~2.4× faster; sampling stays fp32."""
 
     def __post_init__(self) -> None:
         # Resolved here, while ns-train builds the config, so the saved config.yml holds the cells
@@ -62,6 +63,11 @@ class NASNeRFModel(Model):
 
     def populate_modules(self) -> None:
         super().populate_modules()
+        scene_near_far = self.kwargs.get("metadata", {}).get("near_far")
+        if scene_near_far is not None:  # the dataparser knows its scene's depth range (e.g. llff-data)
+            near, far = scene_near_far
+            self.config.collider_params = {"near_plane": float(near), "far_plane": float(far)}
+            self.collider = NearFarCollider(near_plane=float(near), far_plane=float(far))
         self.field_coarse = CellField(self.config.coarse_cell)
         self.field_fine = CellField(self.config.fine_cell)
         self.sampler_uniform = UniformSampler(num_samples=self.config.num_coarse_samples)

@@ -98,7 +98,8 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
         self.view_sampler = make_view_sampler(config.sampler, train_c2w)
         self.upscale_factors = config.upscale_factors or UPSCALE_FACTORS[self.view_sampler.layout]
         explicit = (config.near, config.far) if config.near is not None and config.far is not None else None
-        self.near_far: tuple[float, float] | None = explicit or collider_near_far(teacher_config)
+        scene_near_far = self.train_dataparser_outputs.metadata.get("near_far")  # e.g. llff-data's bounds
+        self.near_far: tuple[float, float] | None = explicit or scene_near_far or collider_near_far(teacher_config)
         self.finetune_from = float("inf")  # set from the trainer's step budget in get_training_callbacks
         self.generator = torch.Generator().manual_seed(config.sampler.seed)
         self.pseudo_views: PseudoViewDataset | None = None

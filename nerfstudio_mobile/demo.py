@@ -10,6 +10,7 @@ checkpoint. `--data` takes a real Blender-format scene instead of the generated 
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass, field
@@ -20,6 +21,9 @@ import numpy as np
 import torch
 import tyro
 from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.data.dataparsers.base_dataparser import DataParserConfig
+from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
 from rich.console import Console
@@ -27,6 +31,7 @@ from rich.table import Table
 
 from nas_nerf.cell import FieldCellConfig
 from nas_nerf.configs import nas_nerf_trainer
+from nas_nerf.llff import LLFFDataParserConfig
 from nas_nerf.runs import load_run
 from nas_nerf.scenes import SceneConfig, generate_scene
 from nerfstudio_mobile.configs import mobile_r2l_trainer
@@ -74,6 +79,8 @@ class Demo:
         config = nas_nerf_trainer("nas-nerf", self.teacher_coarse, self.teacher_fine)
         model = config.pipeline.model
         model.num_coarse_samples, model.num_importance_samples = 32, 64
+        config.pipeline.datamanager.dataparser, near_far = dataparser_for(data)
+        model.collider_params = {"near_plane": near_far[0], "far_plane": near_far[1]}
         config.pipeline.datamanager.data = data
         config.pipeline.datamanager.train_num_rays_per_batch = 1024
         config.optimizers["fields"]["optimizer"].lr = 5e-3
@@ -89,6 +96,20 @@ class Demo:
         config.pipeline.model.network = self.student
         config.optimizers["network"]["optimizer"].lr = 2e-3
         return _quiet(config, root, "student", self.student_steps)
+
+
+def dataparser_for(data: Path) -> tuple[DataParserConfig, tuple[float, float]]:
+    """The dataparser a scene folder needs, and the near/far that suits its normalised frame."""
+    if (data / "transforms_train.json").is_file():  # Blender: cameras at radius ~4 around the object
+        return BlenderDataParserConfig(data=data), (2.0, 6.0)
+    if (data / "transforms.json").is_file():  # nerfstudio / instant-ngp: poses scaled into [-1, 1]
+        return NerfstudioDataParserConfig(data=data), (0.05, 4.0)
+    if (data / "poses_bounds.npy").is_file():  # LLFF: the parser's bounds override this near/far
+        return LLFFDataParserConfig(data=data), (1.0, 6.0)
+    raise ValueError(
+        f"{data} is not a Blender (transforms_train.json), nerfstudio (transforms.json) or LLFF (poses_bounds.npy) "
+        "scene; convert it with ns-process-data first."
+    )
 
 
 def _with_dir(scene: SceneConfig, output_dir: Path) -> SceneConfig:
@@ -138,7 +159,7 @@ def evaluate(teacher_config: Path, student_config: Path, root: Path) -> dict:
     _, teacher, _ = load_run(teacher_config)
     _, student, _ = load_run(student_config)
     summary = {"teacher": teacher.get_average_eval_image_metrics(), "student": student.get_average_eval_image_metrics()}
-    camera, _ = teacher.datamanager.fixed_indices_eval_dataloader[0]
+    camera, _ = next(iter(student.datamanager.fixed_indices_eval_dataloader))
     with torch.no_grad():
         summary["teacher"]["ms_per_frame"] = 1000 * frame_seconds(lambda: teacher.model.get_outputs_for_camera(camera))
         model = student.model
@@ -157,7 +178,7 @@ def evaluate(teacher_config: Path, student_config: Path, root: Path) -> dict:
 def write_comparison(teacher: Pipeline, student: Pipeline, path: Path, count: int = 4) -> None:
     """Rows of ground truth | teacher | student on test views."""
     rows = []
-    for camera, batch in teacher.datamanager.fixed_indices_eval_dataloader[:count]:
+    for camera, batch in itertools.islice(student.datamanager.fixed_indices_eval_dataloader, count):
         with torch.no_grad():
             images = [batch["image"][..., :3], teacher.model.get_outputs_for_camera(camera)["rgb"],
                       student.model.get_outputs_for_camera(camera)["rgb"]]  # fmt: skip

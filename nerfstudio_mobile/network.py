@@ -148,7 +148,7 @@ def _fold_sequential(layers: nn.Sequential) -> nn.Sequential:
 def fold_batchnorm(net: LightFieldNetwork) -> LightFieldNetwork:
     """Eval-mode copy with every BatchNorm folded into the conv before it (export and speed)."""
     folded = copy.deepcopy(net).eval()
-    for module in folded.modules():
+    for module in list(folded.modules()):  # snapshot: we replace submodules while walking
         if isinstance(module, ResidualBlock):
             module.body = _fold_sequential(module.body)
     return folded

@@ -133,6 +133,13 @@ def test_bad_architecture_files_are_refused(tmp_path: Path, content: str, messag
         load_architecture(tmp_path / "missing.json")
 
 
+def test_methods_are_registered_with_descriptions() -> None:
+    from nerfstudio.configs.method_configs import descriptions
+
+    for method in ["nas-nerf", "nas-nerf-s", "nas-nerf-xs", "nas-nerf-xxs", "mobile-r2l"]:
+        assert len(descriptions[method]) > 20, method
+
+
 def test_cells_from_the_ns_train_command_line(capsys: pytest.CaptureFixture[str]) -> None:
     from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
 

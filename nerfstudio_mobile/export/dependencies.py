@@ -2,6 +2,8 @@
 
 import importlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
 from nerfstudio_mobile.export.errors import MissingDependencyError
@@ -20,14 +22,21 @@ def require(module: str, package: str, purpose: str) -> ModuleType:
         ) from error
 
 
-def require_coremltools(purpose: str) -> ModuleType:
-    """coremltools, imported without its import-time warnings: on Linux it always reports the macOS-only
-    libraries it cannot load and versions of torch / scikit-learn newer than it was tested with (conversion,
-    compression and reading packages back work with this environment's versions)."""
+@contextmanager
+def quiet_coremltools() -> Iterator[None]:
+    """Silence coremltools' warnings that are expected here: on Linux it reports the macOS-only libraries it
+    cannot load, torch / scikit-learn versions newer than it was tested with (conversion, compression and
+    reading packages back work with this environment's), tuple outputs being flattened (we name each output)
+    and int64 shape constants stored as int32. Errors still show."""
     ct_logger = logging.getLogger("coremltools")
     level = ct_logger.level
     ct_logger.setLevel(logging.ERROR)
     try:
-        return require("coremltools", "coremltools", purpose)
+        yield
     finally:
         ct_logger.setLevel(level)
+
+
+def require_coremltools(purpose: str) -> ModuleType:
+    with quiet_coremltools():
+        return require("coremltools", "coremltools", purpose)

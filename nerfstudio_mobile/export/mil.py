@@ -64,17 +64,23 @@ def dtype_name(var: Var) -> str:
 
 
 class OpArgs:
-    """An op's inputs as torch tensors (computed values, or constants stored in the program)."""
+    """An op's inputs as torch tensors (computed values, or constants stored in the program).
+
+    fp16 values are handed to the op widened to fp32 (exactly) and the op's result is rounded back to its
+    declared dtype: fp16 storage between ops with fp32 arithmetic inside them, as GPUs and the Neural Engine
+    accumulate; and torch's fp16 CPU kernels are an order of magnitude slower."""
 
     def __init__(self, op: Operation, values: dict[str, Tensor]) -> None:
         self.op, self._values = op, values
 
     def _value(self, var: Var) -> Tensor:
         if var.name in self._values:
-            return self._values[var.name]
-        if var.val is None:
+            value = self._values[var.name]
+        elif var.val is not None:
+            value = torch.from_numpy(np.array(var.val))
+        else:
             raise ValueError(f"{self.op.op_type} {self.op.name}: input {var.name} has no value yet")
-        return torch.from_numpy(np.array(var.val))
+        return value.float() if value.dtype == torch.float16 else value
 
     def tensor(self, name: str) -> Tensor:
         return self._value(self.op.inputs[name])
@@ -118,7 +124,7 @@ def _padding(args: OpArgs) -> tuple[int, int, int, int]:
 
 def _conv(args: OpArgs) -> Tensor:
     top, bottom, left, right = _padding(args)
-    x = F.pad(args.tensor("x"), (left, right, top, bottom))
+    x = F.pad(args.tensor("x"), (left, right, top, bottom)) if any((top, bottom, left, right)) else args.tensor("x")
     return F.conv2d(
         x,
         args.tensor("weight"),
@@ -142,7 +148,9 @@ def _conv_transpose(args: OpArgs) -> Tensor:
     top, bottom, left, right = _padding(args)
     y = y[..., top : y.shape[-2] - bottom, left : y.shape[-1] - right]
     if "output_shape" in args.op.inputs and list(y.shape) != args.ints("output_shape"):
-        raise UnsupportedOpError(f"conv_transpose {args.op.name}: output_shape {args.ints('output_shape')} != {y.shape}")
+        raise UnsupportedOpError(
+            f"conv_transpose {args.op.name}: output_shape {args.ints('output_shape')} != {y.shape}"
+        )
     return y
 
 
@@ -293,7 +301,5 @@ def run_program(function: Function, inputs: dict[str, Tensor]) -> dict[str, Tens
             if op.op_type not in OPS:
                 raise UnsupportedOpError(f"no torch implementation of MIL op {op.op_type!r} ({op.name})")
             result = OPS[op.op_type](OpArgs(op, values))
-            expected = _TORCH_DTYPES[dtype_name(op.outputs[0])]
-            # Constants may be stored wider than the op computes (e.g. fp32 scales of an fp16 weight).
-            values[op.outputs[0].name] = result.to(expected)
+            values[op.outputs[0].name] = result.to(_TORCH_DTYPES[dtype_name(op.outputs[0])])
     return {var.name: values[var.name] for var in function.outputs}

@@ -1,0 +1,147 @@
+"""`ns-export-mobile`: export a trained MobileR2L student to Core ML or ONNX, verified on the scene's test views.
+
+    ns-export-mobile coreml --load-config outputs/<scene>/mobile-r2l/<run>/config.yml --output-dir exports/
+    ns-export-mobile coreml ... --input-modes pose --compressions none palettize4
+    ns-export-mobile onnx --load-config ... --output-dir exports-onnx/
+
+Every file is read back and executed (Core ML: by a torch interpreter of its ML program, since Core ML runs
+only on Apple platforms; ONNX: by onnxruntime) and compared with the torch student. The command exits with
+status 1 when any file fails verification, 2 on a usage problem (the message says what to do).
+"""
+
+from __future__ import annotations
+
+import sys
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import tyro
+from rich.console import Console
+from rich.table import Table
+
+from nerfstudio_mobile.export.errors import ExportError
+from nerfstudio_mobile.export.files import atomic_output_dir, check_output_dir
+from nerfstudio_mobile.export.pipeline import ExportedFile, export_coreml_files, export_onnx_files
+from nerfstudio_mobile.export.sidecar import INPUT_MODES, Compression, ExportFrame, InputMode, export_frame
+from nerfstudio_mobile.export.student import Student, load_student
+
+CONSOLE = Console(width=160)
+
+
+@dataclass
+class ExportMobile(ABC):
+    """Options shared by both formats."""
+
+    load_config: Path
+    """config.yml of a trained mobile-r2l student run."""
+    output_dir: Path
+    """Directory to write; it is created atomically (written beside it, then renamed into place)."""
+    input_modes: tuple[InputMode, ...] = INPUT_MODES
+    """rays: the app feeds the encoded ray grid [1, C, h, w]; pose: the app feeds its world camera-to-world
+    [1, 4, 4] and the graph builds and encodes the rays itself (fp32)."""
+    output_size: tuple[int, int] | None = None
+    """Exported frame size H W; both divisible by the upscale factor. Default: the training images' size."""
+    overwrite: bool = False
+    """Replace a non-empty --output-dir."""
+
+    def main(self) -> None:
+        check_output_dir(self.output_dir, self.overwrite)  # before loading anything
+        student = load_student(self.load_config)
+        frame = export_frame(student, self.output_size)
+        with atomic_output_dir(self.output_dir, self.overwrite) as staging:
+            exported = self.export(student, frame, staging)
+        CONSOLE.print(export_table(student, frame, exported, self.output_dir))
+        failed = [file for file in exported if not file.verification.passed]
+        for file in failed:
+            CONSOLE.print(f"[red]{file.path.name} failed verification: {'; '.join(file.verification.failures)}")
+        if failed:
+            sys.exit(1)
+
+    @abstractmethod
+    def export(self, student: Student, frame: ExportFrame, directory: Path) -> list[ExportedFile]:
+        """Write this format's files for every input mode into `directory`."""
+
+
+@dataclass
+class CoreMLExport(ExportMobile):
+    """Core ML ML programs (.mlpackage, fp16 network, iOS 16+), optionally with compressed weights."""
+
+    compressions: tuple[Compression, ...] = ("none",)
+    """Weight formats, one package each: none (fp16), int8, palettize8, palettize6, palettize4 (k-means)."""
+
+    def export(self, student: Student, frame: ExportFrame, directory: Path) -> list[ExportedFile]:
+        return export_coreml_files(student, frame, self.input_modes, self.compressions, directory)
+
+
+@dataclass
+class OnnxExport(ExportMobile):
+    """ONNX files (opset 17, fp32), checked with onnxruntime."""
+
+    def export(self, student: Student, frame: ExportFrame, directory: Path) -> list[ExportedFile]:
+        return export_onnx_files(student, frame, self.input_modes, directory)
+
+
+def _db(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def export_table(student: Student, frame: ExportFrame, exported: list[ExportedFile], output_dir: Path) -> Table:
+    grid, output = frame.grid, frame.output
+    table = Table(
+        title=f"{student.name} (step {student.step}) → {output_dir}: {grid.height}×{grid.width} rays → "
+        f"{output.height}×{output.width} frame, compared with the torch student on {len(student.test_views)} "
+        "test views"
+    )
+    for column in ("file", "input", "weights"):
+        table.add_column(column)
+    for column in (
+        "size",
+        "params",
+        "GMAC/frame",
+        "PSNR vs torch (dB)",
+        "max |Δ| rgb",
+        "max |Δ| depth",
+        "PSNR vs test images: torch → export",
+    ):
+        table.add_column(column, justify="right")
+    table.add_column("check")
+    for file in exported:
+        fidelity = file.verification.fidelity
+        depth = "–" if fidelity.max_abs_depth is None else f"{fidelity.max_abs_depth:.2e}"
+        check = "[green]pass" if file.verification.passed else f"[red]FAIL: {file.verification.failures[0]}"
+        table.add_row(
+            file.path.name,
+            file.mode,
+            file.weights,
+            f"{file.size_bytes / 1e6:.2f} MB",
+            f"{file.params / 1e6:.3f} M",
+            f"{frame.gmac_per_frame():.3f}",
+            f"{fidelity.psnr:.1f}",
+            f"{fidelity.max_abs_rgb:.2e}",
+            depth,
+            f"{_db(fidelity.psnr_images_torch)} → {_db(fidelity.psnr_images_export)}",
+            check,
+        )
+    return table
+
+
+Commands = (
+    Annotated[CoreMLExport, tyro.conf.subcommand(name="coreml")]
+    | Annotated[OnnxExport, tyro.conf.subcommand(name="onnx")]
+)
+
+
+def entrypoint() -> None:
+    tyro.extras.set_accent_color("bright_yellow")
+    command = tyro.cli(Commands)
+    try:
+        command.main()
+    except (ExportError, FileNotFoundError) as error:
+        CONSOLE.print(f"[bold red]{error}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    entrypoint()

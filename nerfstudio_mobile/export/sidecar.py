@@ -1,0 +1,221 @@
+"""The export frame (everything fixed at export time) and the sidecar JSON an app builds its input from.
+
+The sidecar is written next to every exported file and stored inside it (Core ML user metadata, ONNX
+metadata_props under ``SIDECAR_KEY``), so a model never travels without its input contract.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from nerfstudio_mobile.encoding import RayEncodingConfig
+from nerfstudio_mobile.export.errors import GridShapeError
+from nerfstudio_mobile.export.student import Student
+from nerfstudio_mobile.network import LightFieldNetworkConfig, count_macs
+
+InputMode = Literal["rays", "pose"]
+INPUT_MODES: tuple[InputMode, ...] = ("rays", "pose")
+Compression = Literal["none", "int8", "palettize8", "palettize6", "palettize4"]
+"""Core ML weight formats: none = fp16, int8 linear, n-bit k-means palettes."""
+COMPRESSIONS: tuple[Compression, ...] = ("none", "int8", "palettize8", "palettize6", "palettize4")
+SIDECAR_KEY = "nerfstudio_mobile.sidecar"
+SIDECAR_FORMAT = "nerfstudio-mobile/mobile-r2l-export/v1"
+
+CAMERA_CONVENTION = (
+    "camera-to-world, OpenGL / ARKit camera axes: x right, y up, the camera looks along -z; "
+    "row-major 4x4 (last row 0 0 0 1)"
+)
+POSE_FRAME = (
+    "The pose input is in the ORIGINAL world frame of the capture (the frame of the dataset's camera poses, "
+    "e.g. ARKit's world when the capture came from ARKit). The graph maps it into the student's normalised "
+    "frame itself: student = dataparser.transform @ pose, then student[:3, 3] *= dataparser.scale."
+)
+RAY_GRID = (
+    "Grid pixel (i, j) (row i < h, column j < w) casts the ray through its centre (u, v) = (j + 0.5, i + 0.5) "
+    "with the grid intrinsics: camera direction ((u - cx) / fx, -(v - cy) / fy, -1), normalised to unit length, "
+    "rotated by the student-frame pose; the origin is the pose's translation."
+)
+
+
+def channel_order(encoding: RayEncodingConfig) -> str:
+    """The layout of the `rays` input, spelled out with this export's K and L (see nerfstudio_mobile.encoding)."""
+    k, frequencies = encoding.num_points, encoding.num_frequencies
+    d = 3 * k
+    return (
+        f"rays[0, c, i, j] for the ray of grid pixel (i, j): depths t_k = near * (1 - k / {k - 1}) + far * k / {k - 1} "
+        f"for k = 0..{k - 1} (both ends included), points p_k = o + t_k * d, coordinates c[3k + a] = p_k[a] "
+        f"(a = x, y, z; D = {d}); channel f * {d} + j = sin(2^f * c[j]) and channel ({frequencies} + f) * {d} + j "
+        f"= cos(2^f * c[j]) for f = 0..{frequencies - 1} (no factor of pi), channel {2 * frequencies * d} + j = c[j]; "
+        f"{encoding.num_channels} channels, computed in float32."
+    )
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """Pinhole intrinsics in pixels of an image of width x height."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+    def resized(self, width: int, height: int) -> Intrinsics:
+        sx, sy = width / self.width, height / self.height
+        return Intrinsics(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, width, height)
+
+
+@dataclass(frozen=True)
+class ExportFrame:
+    """What turns a pose into the network input and the network output into an image, fixed at export."""
+
+    output: Intrinsics
+    """Intrinsics of the exported image (the network's output)."""
+    network: LightFieldNetworkConfig
+    encoding: RayEncodingConfig
+    near: float
+    far: float
+    dataparser_transform: tuple[tuple[float, ...], ...]
+    """[3, 4]: world pose -> student pose, before scaling the translation."""
+    dataparser_scale: float
+
+    @property
+    def upscale(self) -> int:
+        return self.network.upscale
+
+    @property
+    def grid(self) -> Intrinsics:
+        """Intrinsics of the low-resolution ray grid: the output's, divided by the upscale factor."""
+        s = self.upscale
+        output = self.output
+        return Intrinsics(
+            output.fx / s, output.fy / s, output.cx / s, output.cy / s, output.width // s, output.height // s
+        )
+
+    @property
+    def output_names(self) -> tuple[str, ...]:
+        return ("rgb", "depth") if self.network.predict_depth else ("rgb",)
+
+    def input_shape(self, mode: InputMode) -> tuple[int, ...]:
+        return (1, self.encoding.num_channels, self.grid.height, self.grid.width) if mode == "rays" else (1, 4, 4)
+
+    def output_shapes(self) -> dict[str, tuple[int, ...]]:
+        size = (self.output.height, self.output.width)
+        return {"rgb": (1, 3, *size), "depth": (1, 1, *size)} if self.network.predict_depth else {"rgb": (1, 3, *size)}
+
+    def gmac_per_frame(self) -> float:
+        return count_macs(self.network, self.grid.height, self.grid.width) / 1e9
+
+
+def export_frame(student: Student, output_size: tuple[int, int] | None = None) -> ExportFrame:
+    """The frame of an export at `output_size` (H, W; default: the training images' size), with the training
+    camera's intrinsics rescaled to it. Raises GridShapeError when the size is not a whole number of blocks."""
+    camera = student.train_camera
+    trained = Intrinsics(
+        *(float(getattr(camera, name).flatten()[0]) for name in ("fx", "fy", "cx", "cy")),
+        width=int(camera.width.flatten()[0]),
+        height=int(camera.height.flatten()[0]),
+    )
+    height, width = output_size or (trained.height, trained.width)
+    s = student.network_config.upscale
+    if height % s or width % s:
+        requested = "--output-size" if output_size else "the training images' size, the default output size,"
+        raise GridShapeError(
+            f"{requested} {height}x{width} (HxW) is not a whole number of {s}x{s} super-resolution blocks "
+            f"(upscale factors {student.network_config.upscale_factors}): the network renders a frame from an "
+            f"(H/{s})x(W/{s}) ray grid. Pass --output-size H W with both divisible by {s}, e.g. "
+            f"{_nearest_multiple(height, s)} {_nearest_multiple(width, s)}."
+        )
+    near, far = student.near_far
+    return ExportFrame(
+        output=trained.resized(width, height),
+        network=student.network_config,
+        encoding=student.encoding,
+        near=near,
+        far=far,
+        dataparser_transform=tuple(tuple(row) for row in student.dataparser_transform.tolist()),
+        dataparser_scale=student.dataparser_scale,
+    )
+
+
+def _nearest_multiple(value: int, factor: int) -> int:
+    return max(factor, factor * round(value / factor))
+
+
+def _io_description(frame: ExportFrame, mode: InputMode) -> dict[str, Any]:
+    if mode == "rays":
+        inputs = {
+            "rays": {
+                "shape": list(frame.input_shape("rays")),
+                "dtype": "float32",
+                "description": "encoded ray grid, channels-first; build it as in `rays` below",
+            }
+        }
+    else:
+        inputs = {
+            "pose": {
+                "shape": [1, 4, 4],
+                "dtype": "float32",
+                "description": f"{CAMERA_CONVENTION}. {POSE_FRAME}",
+            }
+        }
+    outputs = {
+        "rgb": {
+            "shape": list(frame.output_shapes()["rgb"]),
+            "dtype": "float32",
+            "channels": ["red", "green", "blue"],
+            "range": [0.0, 1.0],
+            "description": "colour encoded as the training images (sRGB), channels-first",
+        }
+    }
+    if frame.network.predict_depth:
+        outputs["depth"] = {
+            "shape": list(frame.output_shapes()["depth"]),
+            "dtype": "float32",
+            "channels": ["depth"],
+            "description": "distance from the camera centre along the ray in student units; "
+            "divide by dataparser.scale for world units",
+        }
+    return {"inputs": inputs, "outputs": outputs}
+
+
+def sidecar(frame: ExportFrame, mode: InputMode, weights: str, params: int, source: dict[str, Any]) -> dict[str, Any]:
+    """The JSON contract of one exported file: its input and outputs, everything needed to build the input,
+    and where it came from (`source`: the student run)."""
+    grid, output = frame.grid, frame.output
+    return {
+        "format": SIDECAR_FORMAT,
+        "input_mode": mode,
+        **_io_description(frame, mode),
+        "weights": weights,
+        "output_size": [output.height, output.width],
+        "grid_size": [grid.height, grid.width],
+        "upscale_factors": list(frame.network.upscale_factors),
+        "upscale": frame.upscale,
+        "intrinsics": {"output": asdict(output), "grid": asdict(grid)},
+        "camera_convention": CAMERA_CONVENTION,
+        "pose_frame": POSE_FRAME,
+        "rays": {
+            "near": frame.near,
+            "far": frame.far,
+            "num_points": frame.encoding.num_points,
+            "num_frequencies": frame.encoding.num_frequencies,
+            "num_channels": frame.encoding.num_channels,
+            "grid": RAY_GRID,
+            "channel_order": channel_order(frame.encoding),
+        },
+        "dataparser": {
+            "transform": [list(row) for row in frame.dataparser_transform],
+            "scale": frame.dataparser_scale,
+            "description": "world pose P (4x4) -> student pose: (transform @ P)[:3, :4], translation column "
+            "times scale. The `pose` input applies it in the graph; for `rays` apply it before casting rays.",
+        },
+        "network": {
+            **asdict(frame.network),
+            "params": params,
+            "gmac_per_frame": frame.gmac_per_frame(),
+        },
+        "source": source,
+    }

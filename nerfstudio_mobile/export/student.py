@@ -1,0 +1,102 @@
+"""A trained MobileR2L student, loaded for export: its network and encoding, its scene frame, its test views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from nerfstudio.cameras.cameras import Cameras
+from torch import Tensor
+
+from nas_nerf.runs import load_run, read_run_config
+from nerfstudio_mobile.encoding import RayEncodingConfig
+from nerfstudio_mobile.export.errors import NotAStudentError
+from nerfstudio_mobile.model import MobileR2LModel, MobileR2LModelConfig
+from nerfstudio_mobile.network import LightFieldNetworkConfig
+
+
+@dataclass
+class TestView:
+    camera: Cameras
+    """One camera in the student's (dataparser-normalised) frame."""
+    image: Tensor
+    """Ground truth [H, W, 3] in [0, 1]."""
+
+
+@dataclass
+class Student:
+    config_path: Path
+    name: str
+    """The run's experiment name; exported files are named after it."""
+    step: int
+    model: MobileR2LModel
+    dataparser_transform: Tensor
+    """[3, 4]: student pose = transform @ world pose, then translation * scale (nerfstudio's convention)."""
+    dataparser_scale: float
+    train_camera: Cameras
+    """Training camera 0: the export intrinsics are its intrinsics at the export size."""
+    test_views: list[TestView]
+
+    @property
+    def source(self) -> dict[str, str | int]:
+        """Where an export came from, for its sidecar."""
+        return {"config": str(self.config_path), "experiment": self.name, "step": self.step}
+
+    @property
+    def network_config(self) -> LightFieldNetworkConfig:
+        return self.model.network_config
+
+    @property
+    def encoding(self) -> RayEncodingConfig:
+        return self.model.config.encoding
+
+    @property
+    def near_far(self) -> tuple[float, float]:
+        near, far = self.model.near_far.tolist()
+        return near, far
+
+    @torch.no_grad()
+    def render(self, camera: Cameras) -> tuple[Tensor, ...]:
+        """The torch student every export is compared with: fp32, BN unfolded, no bf16 autocast.
+        One camera whose size divides into whole blocks -> rgb [1, 3, H, W] (+ depth [1, 1, H, W])."""
+        encoded, _ = self.model.encode(camera, jitter=False)
+        out = self.model.network(encoded).float()
+        return (out[:, :3], out[:, 3:]) if self.network_config.predict_depth else (out,)
+
+
+def _distil_hint(config_path: Path) -> str:
+    return (
+        "Only a distilled MobileR2L student exports to a phone. Distil this run first:\n"
+        f"  ns-train mobile-r2l --pipeline.datamanager.teacher-config {config_path}\n"
+        "then export the config.yml of that student run (outputs/<experiment>/mobile-r2l/<timestamp>/config.yml)."
+    )
+
+
+def load_student(config_path: Path) -> Student:
+    """Load a trained student run on the CPU; anything else fails with what to do instead."""
+    config = read_run_config(config_path)  # cheap: reject a teacher run before loading any checkpoint
+    if not isinstance(config.pipeline.model, MobileR2LModelConfig):
+        raise NotAStudentError(
+            f"{config_path} is a {config.method_name!r} run, not a MobileR2L student. {_distil_hint(config_path)}"
+        )
+    _, pipeline, step = load_run(config_path, test_mode="test")
+    model = pipeline.model
+    if not isinstance(model, MobileR2LModel):
+        raise NotAStudentError(f"{config_path} built a {type(model).__name__}. {_distil_hint(config_path)}")
+    model.cpu().eval()  # tracing, conversion and verification all run on the CPU
+    datamanager = pipeline.datamanager
+    outputs = datamanager.train_dataparser_outputs
+    return Student(
+        config_path=Path(config_path),
+        name=config.experiment_name,
+        step=step,
+        model=model,
+        dataparser_transform=outputs.dataparser_transform.float().cpu(),
+        dataparser_scale=float(outputs.dataparser_scale),
+        train_camera=outputs.cameras[0:1],
+        test_views=[
+            TestView(camera.to("cpu"), batch["image"][..., :3].float().cpu())
+            for camera, batch in datamanager.fixed_indices_eval_dataloader
+        ],
+    )

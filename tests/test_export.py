@@ -1,0 +1,256 @@
+"""`ns-export-mobile`: Core ML and ONNX exports of the tiny student, verified by executing them.
+
+One fp16 conversion per input mode; the compressed variants derive from the `pose` one (the harder graph).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import tyro
+from conftest import ns_command
+
+from nerfstudio_mobile.export.cli import Commands, CoreMLExport, OnnxExport, entrypoint
+from nerfstudio_mobile.export.dependencies import require
+from nerfstudio_mobile.export.errors import GridShapeError, MissingDependencyError, NotAStudentError, OutputExistsError
+from nerfstudio_mobile.export.files import atomic_output_dir
+from nerfstudio_mobile.export.graphs import export_graph, graph_input
+from nerfstudio_mobile.export.pipeline import ExportedFile, export_coreml_files, export_onnx_files
+from nerfstudio_mobile.export.sidecar import COMPRESSIONS, SIDECAR_KEY, ExportFrame, export_frame
+from nerfstudio_mobile.export.student import Student, load_student
+from nerfstudio_mobile.export.verify import MIN_PSNR, view_cases
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread() -> None:
+    # The programs are tiny (6x6 rays); on a loaded 2-core machine a second OpenMP thread only adds waiting.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def student(mobile_r2l_run: Path) -> Student:
+    return load_student(mobile_r2l_run)
+
+
+@pytest.fixture(scope="module")
+def frame(student: Student) -> ExportFrame:
+    return export_frame(student)
+
+
+@pytest.fixture(scope="module")
+def coreml_files(student: Student, frame: ExportFrame, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    directory = tmp_path_factory.mktemp("coreml")
+    exported = export_coreml_files(student, frame, ["rays"], ["none"], directory)
+    exported += export_coreml_files(student, frame, ["pose"], COMPRESSIONS, directory)
+    return {(file.mode, file.weights): file for file in exported}
+
+
+@pytest.fixture(scope="module")
+def onnx_files(student: Student, frame: ExportFrame, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    exported = export_onnx_files(student, frame, ["rays", "pose"], tmp_path_factory.mktemp("onnx"))
+    return {file.mode: file for file in exported}
+
+
+def test_pose_graph_matches_the_student_in_torch(student: Student, frame: ExportFrame) -> None:
+    """World pose in, dataparser transform + rays + encoding in the graph: the same image as the student."""
+    graph = export_graph(student.model.network, frame, "pose")
+    for case in view_cases(student, frame, "pose"):
+        with torch.no_grad():
+            rgb = graph(case.input)[0]
+        assert (rgb - case.reference[0]).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("mode", ["rays", "pose"])
+def test_fp16_package_matches_torch(coreml_files: dict, frame: ExportFrame, mode: str) -> None:
+    exported: ExportedFile = coreml_files[mode, "fp16"]
+    verification = exported.verification
+    assert verification.problems == []
+    assert verification.passed
+    assert verification.fidelity.psnr > MIN_PSNR["none"]
+    assert verification.fidelity.max_abs_rgb < 1e-2  # a few fp16 ulps of values in [0, 1]
+    assert verification.fidelity.max_abs_depth < 1e-2 * frame.far
+    # fp16 weights: ~2 bytes per parameter plus the program.
+    assert 2 * exported.params < exported.size_bytes < 2 * exported.params + 100_000
+
+
+@pytest.mark.parametrize("weights", ["int8", "palettize8", "palettize6", "palettize4"])
+def test_compressed_packages_verify_and_shrink(coreml_files: dict, weights: str) -> None:
+    exported = coreml_files["pose", weights]
+    assert exported.verification.problems == []  # includes: weights stored in the requested format
+    assert exported.verification.passed, exported.verification.failures
+    assert exported.size_bytes < coreml_files["pose", "fp16"].size_bytes
+
+
+def test_smaller_palettes_give_smaller_packages(coreml_files: dict) -> None:
+    sizes = [coreml_files["pose", weights].size_bytes for weights in ("fp16", "palettize8", "palettize6", "palettize4")]
+    assert sizes == sorted(sizes, reverse=True)
+    psnrs = [coreml_files["pose", weights].verification.fidelity.psnr for weights in ("fp16", "palettize8", "palettize4")]
+    assert psnrs == sorted(psnrs, reverse=True)
+
+
+def test_package_carries_its_sidecar_and_keeps_the_encoding_fp32(coreml_files: dict) -> None:
+    from nerfstudio_mobile.export.coreml_verify import check_ops
+    from nerfstudio_mobile.export.mil import dtype_name, read_package
+
+    path = coreml_files["pose", "fp16"].path
+    package = read_package(path)
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert json.loads(package.spec.description.metadata.userDefined[SIDECAR_KEY]) == sidecar
+    assert [feature.name for feature in package.spec.description.input] == ["pose"]
+    assert [feature.name for feature in package.spec.description.output] == ["rgb", "depth"]
+    trig = [op for op in package.main.operations if op.op_type in ("sin", "cos")]
+    assert trig and all(dtype_name(op.outputs[0]) == "fp32" for op in trig)
+    assert check_ops(package) == []
+
+
+def test_sidecar_is_enough_to_build_the_rays_input(coreml_files: dict, student: Student, frame: ExportFrame) -> None:
+    """An app's job, from the JSON alone (numpy, float32): world pose -> encoded rays, equal to the student's."""
+    sidecar = json.loads(coreml_files["rays", "fp16"].path.with_suffix(".json").read_text())
+    camera = student.test_views[0].camera
+    world_pose = graph_input(student, "pose", camera)[0].numpy()
+    transform, scale = np.array(sidecar["dataparser"]["transform"]), sidecar["dataparser"]["scale"]
+    pose = transform @ world_pose
+    pose[:, 3] *= scale
+    grid, rays = sidecar["intrinsics"]["grid"], sidecar["rays"]
+    v, u = np.meshgrid(np.arange(grid["height"]) + 0.5, np.arange(grid["width"]) + 0.5, indexing="ij")
+    directions = np.stack([(u - grid["cx"]) / grid["fx"], -(v - grid["cy"]) / grid["fy"], -np.ones_like(u)], -1)
+    directions = directions @ pose[:, :3].T
+    directions /= np.linalg.norm(directions, axis=-1, keepdims=True)
+    k = np.arange(rays["num_points"]) / (rays["num_points"] - 1)
+    depths = rays["near"] * (1 - k) + rays["far"] * k
+    points = pose[:, 3] + directions[..., None, :] * depths[:, None]  # [h, w, K, 3]
+    coordinates = points.reshape(grid["height"], grid["width"], -1).astype(np.float32)
+    scaled = np.concatenate([coordinates * 2.0**f for f in range(rays["num_frequencies"])], axis=-1)
+    features = np.concatenate([np.sin(scaled), np.cos(scaled), coordinates], axis=-1).transpose(2, 0, 1)
+    assert features.shape[0] == rays["num_channels"] == sidecar["inputs"]["rays"]["shape"][1]
+    expected = graph_input(student, "rays", camera)[0].numpy()
+    np.testing.assert_allclose(features, expected, atol=2e-3)
+    assert sidecar["grid_size"] == [frame.grid.height, frame.grid.width]
+    assert sidecar["output_size"] == [grid["height"] * sidecar["upscale"], grid["width"] * sidecar["upscale"]]
+    assert sidecar["outputs"]["rgb"]["channels"] == ["red", "green", "blue"]
+
+
+def test_altered_weights_fail_verification(coreml_files: dict, student: Student, frame: ExportFrame, tmp_path: Path) -> None:
+    """Flip the sign of one conv-transpose's weights inside weight.bin: the interpreter reads the package, so
+    the PSNR collapses and verification fails."""
+    from nerfstudio_mobile.export.coreml_verify import verify_coreml
+
+    exported = coreml_files["rays", "fp16"]
+    path = tmp_path / exported.path.name
+    shutil.copytree(exported.path, path)
+    weight_file = next(path.rglob("weight.bin"))
+    data = bytearray(weight_file.read_bytes())
+    folded = export_graph(student.model.network, frame, "rays").network
+    weight = folded.upsample[1][0].weight.detach().numpy().astype(np.float16)
+    offset = bytes(data).find(weight.tobytes())
+    assert offset > 0, "the fp16 weight should be stored verbatim"
+    data[offset : offset + weight.nbytes] = (-weight).tobytes()
+    weight_file.write_bytes(bytes(data))
+    sidecar = json.loads(exported.path.with_suffix(".json").read_text())
+    cases = view_cases(student, frame, "rays")
+    verification = verify_coreml(path, frame, "rays", "none", exported.params, sidecar, cases)
+    assert not verification.passed
+    assert verification.fidelity.psnr < MIN_PSNR["none"] - 10
+
+
+def test_swapped_layer_fails_verification(student: Student, frame: ExportFrame, tmp_path: Path) -> None:
+    """A network whose first residual block has its two convs swapped, checked against the true student."""
+    from nerfstudio_mobile.export.onnx import export_onnx, verify_onnx
+
+    broken = export_graph(student.model.network, frame, "rays")
+    body = broken.network.blocks[0].body
+    body[0], body[2] = body[2], body[0]
+    path = tmp_path / "broken.onnx"
+    export_onnx(broken, frame, "rays", path, {})
+    verification = verify_onnx(path, frame, "rays", {}, view_cases(student, frame, "rays"))
+    assert not verification.passed
+    assert verification.fidelity.psnr < MIN_PSNR["fp32"] - 20
+
+
+@pytest.mark.parametrize("mode", ["rays", "pose"])
+def test_onnx_matches_torch(onnx_files: dict, mode: str) -> None:
+    exported = onnx_files[mode]
+    assert exported.verification.problems == []
+    assert exported.verification.passed
+    assert exported.verification.fidelity.max_abs_rgb < 1e-4
+    assert json.loads(exported.path.with_suffix(".json").read_text())["input_mode"] == mode
+
+
+def test_cli_onnx_writes_files_and_prints_the_table(
+    student: Student, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    monkeypatch.setattr("nerfstudio_mobile.export.cli.load_student", lambda _: student)  # loaded once per module
+    output_dir = tmp_path / "exports"
+    argv = ["ns-export-mobile", "onnx", "--load-config", "config.yml", "--output-dir", str(output_dir)]
+    monkeypatch.setattr(sys, "argv", [*argv, "--input-modes", "pose"])
+    entrypoint()
+    names = sorted(path.name for path in output_dir.iterdir())
+    assert names == [f"{student.name}-pose.json", f"{student.name}-pose.onnx"]
+    table = capsys.readouterr().out
+    assert "GMAC/frame" in table and "pass" in table
+    assert not list(tmp_path.glob(".exports*")), "the staging directory is renamed into place"
+
+
+def test_cli_parses_both_subcommands() -> None:
+    args = ["--load-config", "run/config.yml", "--output-dir", "out"]
+    coreml = tyro.cli(Commands, args=["coreml", *args, "--compressions", "none", "palettize4", "--overwrite"])
+    assert isinstance(coreml, CoreMLExport) and coreml.compressions == ("none", "palettize4") and coreml.overwrite
+    onnx = tyro.cli(Commands, args=["onnx", *args, "--output-size", "96", "64"])
+    assert isinstance(onnx, OnnxExport) and onnx.output_size == (96, 64) and onnx.input_modes == ("rays", "pose")
+
+
+def test_teacher_run_is_refused_with_what_to_do(nas_nerf_run: Path, tmp_path: Path) -> None:
+    with pytest.raises(NotAStudentError, match="ns-train mobile-r2l --pipeline.datamanager.teacher-config"):
+        load_student(nas_nerf_run)
+    command = [ns_command("ns-export-mobile"), "coreml", "--load-config", str(nas_nerf_run), "--output-dir", "x"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert "not a MobileR2L student" in result.stdout and "Traceback" not in result.stderr
+
+
+def test_missing_optional_dependencies_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    with pytest.raises(MissingDependencyError, match="pip install onnxruntime"):
+        require("onnxruntime", "onnxruntime", "Checking ONNX exports")
+    from nerfstudio_mobile.export.coreml import compress
+
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    with pytest.raises(MissingDependencyError, match="scikit-learn"):
+        compress(object(), "palettize4")
+
+
+def test_non_empty_output_dir_needs_overwrite(tmp_path: Path) -> None:
+    output_dir = tmp_path / "exports"
+    output_dir.mkdir()
+    (output_dir / "old.txt").write_text("previous export")
+    # Refused before the run is even read (the config does not exist).
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        CoreMLExport(load_config=tmp_path / "missing.yml", output_dir=output_dir).main()
+    with pytest.raises(RuntimeError), atomic_output_dir(output_dir, overwrite=True) as staging:
+        (staging / "new.txt").write_text("half")
+        raise RuntimeError("export failed")
+    assert [path.name for path in tmp_path.iterdir()] == ["exports"]  # staging removed, old outputs intact
+    assert (output_dir / "old.txt").exists()
+    with atomic_output_dir(output_dir, overwrite=True) as staging:
+        (staging / "new.txt").write_text("complete")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["exports"]
+    assert [path.name for path in output_dir.iterdir()] == ["new.txt"]
+
+
+def test_output_size_must_be_whole_blocks(student: Student, frame: ExportFrame) -> None:
+    with pytest.raises(GridShapeError, match="divisible by 8"):
+        export_frame(student, (50, 48))
+    larger = export_frame(student, (96, 64))
+    assert (larger.grid.height, larger.grid.width) == (12, 8)
+    assert larger.output.fy == pytest.approx(2 * frame.output.fy)
+    assert larger.output.fx == pytest.approx(frame.output.fx * 64 / 48)
