@@ -13,6 +13,7 @@ from nerfstudio.plugins.types import MethodSpecification
 from nas_nerf.cell import FieldCellConfig
 from nas_nerf.compat import allow_numpy_in_checkpoints, default_device_type
 from nas_nerf.model import NASNeRFModelConfig
+from nas_nerf.runs import AtomicCheckpointTrainer
 
 # Every ns-* command loads this module through the entry point before it reads a checkpoint.
 allow_numpy_in_checkpoints()
@@ -30,6 +31,7 @@ def nas_nerf_trainer(method_name: str, coarse: FieldCellConfig, fine: FieldCellC
     """vanilla-nerf's recipe (RAdam 5e-4, 1024 rays, 64 + 128 samples, near 2 / far 6, white background)
     on the paper's training budget (nerfstudio's Blender benchmark, ~16k steps), with two field cells."""
     return TrainerConfig(
+        _target=AtomicCheckpointTrainer,
         method_name=method_name,
         steps_per_eval_batch=500,
         steps_per_eval_image=500,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
+from unittest import mock
 
+import torch
 import yaml
-from nerfstudio.engine.trainer import TrainerConfig
+from nerfstudio.engine.trainer import Trainer, TrainerConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
 
 
@@ -26,11 +29,7 @@ def read_run_config(config_path: Path) -> TrainerConfig:
         raise ValueError(f"{config_path} is not a nerfstudio training config (got {type(config).__name__}).")
     run_dir = config_path.parent
     datamanager = config.pipeline.datamanager
-    if (
-        not config.output_dir.is_absolute()
-        and datamanager.data is not None
-        and not datamanager.data.is_absolute()
-    ):
+    if not config.output_dir.is_absolute() and datamanager.data is not None and not datamanager.data.is_absolute():
         training_cwd = run_dir.parents[len(config.get_base_dir().parts) - 1]
         if not datamanager.data.exists():
             datamanager.data = training_cwd / datamanager.data
@@ -60,10 +59,27 @@ def load_run(
         )
     checkpoints = config.get_checkpoint_dir()
     if not checkpoints.is_dir() or not any(checkpoints.glob("step-*.ckpt")):
-        raise FileNotFoundError(
-            f"{config_path} has no checkpoint in {checkpoints}: was training interrupted early?"
-        )
+        raise FileNotFoundError(f"{config_path} has no checkpoint in {checkpoints}: was training interrupted early?")
     config, pipeline, _, step = eval_setup(
         Path(config_path), test_mode=test_mode, update_config_callback=lambda _: config
     )
     return config, pipeline, step
+
+
+class AtomicCheckpointTrainer(Trainer):
+    """nerfstudio's trainer, but a kill while saving never leaves a truncated checkpoint.
+
+    nerfstudio writes step-N.ckpt in place and then deletes the older ones, so a kill mid-write can leave
+    nothing loadable. Here the write goes to a temporary name renamed into place, so the deletion only
+    ever follows a complete file, and `--load-dir` resumes from it."""
+
+    def save_checkpoint(self, step: int) -> None:
+        write = torch.save
+
+        def atomic_write(obj: object, path: Path, *args: object, **kwargs: object) -> None:
+            partial = Path(path).with_name(Path(path).name + ".partial")
+            write(obj, partial, *args, **kwargs)  # type: ignore[arg-type]
+            os.replace(partial, path)
+
+        with mock.patch.object(torch, "save", atomic_write):
+            super().save_checkpoint(step)

@@ -8,6 +8,7 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from nas_nerf.compat import allow_numpy_in_checkpoints, default_device_type
+from nas_nerf.runs import AtomicCheckpointTrainer
 from nerfstudio_mobile.datamanager import PseudoViewDataManagerConfig
 from nerfstudio_mobile.model import MobileR2LModelConfig
 from nerfstudio_mobile.optimization import AdamWOptimizerConfig, WarmupStepDecaySchedulerConfig
@@ -20,6 +21,7 @@ PAPER_STEPS = 600_000
 def mobile_r2l_trainer(max_steps: int = PAPER_STEPS) -> TrainerConfig:
     """The paper's recipe: AdamW 5e-4 with warm-up and step decay, MSE on whole images, mixed precision."""
     return TrainerConfig(
+        _target=AtomicCheckpointTrainer,
         method_name="mobile-r2l",
         steps_per_eval_batch=0,
         steps_per_eval_image=5000,

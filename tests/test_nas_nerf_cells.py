@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -164,3 +165,29 @@ def test_cells_from_the_ns_train_command_line(capsys: pytest.CaptureFixture[str]
             AnnotatedBaseConfigUnion, args=["nas-nerf", "--pipeline.model.fine-cell.depths", "0", "1", "1"]
         )
     assert "fine cell: depths must be [D1, 1, D3]" in " ".join(capsys.readouterr().err.split())
+
+
+def test_checkpoint_writes_are_atomic(tmp_path: Path) -> None:
+    """A crash while writing step 2 leaves step 1 complete and loadable, and no truncated step-2 file."""
+    from types import SimpleNamespace
+
+    from torch.cuda.amp.grad_scaler import GradScaler
+
+    from nas_nerf.runs import AtomicCheckpointTrainer
+
+    trainer = AtomicCheckpointTrainer.__new__(AtomicCheckpointTrainer)
+    trainer.checkpoint_dir = tmp_path
+    trainer.pipeline = torch.nn.Linear(2, 2)
+    trainer.optimizers = SimpleNamespace(optimizers={}, schedulers={})
+    trainer.grad_scaler = GradScaler(enabled=False)
+    trainer.config = SimpleNamespace(save_only_latest_checkpoint=True)
+    trainer.save_checkpoint(1)
+
+    def crash_mid_write(obj: object, path: Path, *args: object, **kwargs: object) -> None:
+        Path(path).write_bytes(b"truncated")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt), mock.patch("nas_nerf.runs.torch.save", crash_mid_write):
+        trainer.save_checkpoint(2)
+    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["step-000000001.ckpt"]
+    assert torch.load(tmp_path / "step-000000001.ckpt")["step"] == 1

@@ -1,11 +1,11 @@
 """`ns-nas-search`: an open NAS-NeRF architecture search (Optuna in place of the paper's GenSynth).
 
-    space.py    what is searched: depth / width ranges per field cell, width rules, params / FLOPs budget
-    targets.py  the S / XS / XXS SSIM targets (from the two boundary architectures, or given) and tier scores
-    train.py    one trial: a short `ns-train nas-nerf` run through nerfstudio's Trainer, evaluated at rungs
-    study.py    the Optuna studies: sampling, pruning, reuse, resume, many workers, the finished records
-    report.py   architecture JSONs, the Table-1-style table (Markdown, CSV), the Pareto plot, the summary
-    cli.py      the command line
+space.py    what is searched: depth / width ranges per field cell, width rules, params / FLOPs budget
+targets.py  the S / XS / XXS SSIM targets (from the two boundary architectures, or given) and tier scores
+train.py    one trial: a short `ns-train nas-nerf` run through nerfstudio's Trainer, evaluated at rungs
+study.py    the Optuna studies: sampling, pruning, reuse, resume, many workers, the finished records
+report.py   architecture JSONs, the Table-1-style table (Markdown, CSV), the Pareto plot, the summary
+cli.py      the command line
 """
 
 

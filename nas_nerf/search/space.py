@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal, TypeVar
 
 import optuna
+import tyro
 
 from nas_nerf.cell import FieldCellConfig
 from nas_nerf.complexity import ModelComplexity, model_complexity
@@ -21,6 +22,10 @@ from nas_nerf.search import SearchError
 WidthRule = Literal["free", "uniform", "expanding"]
 FIELDS: tuple[str, str] = ("coarse", "fine")
 BOUNDARIES: tuple[str, str] = ("largest", "smallest")
+
+T = TypeVar("T")
+Unprefixed = Annotated[T, tyro.conf.arg(prefix_name=False)]
+"""Flags of the space read --max-params, --coarse.depth1, ... rather than --space.max-params, ..."""
 
 
 @dataclass(frozen=True)
@@ -91,16 +96,16 @@ class FieldSpace:
 class SearchSpace:
     """Both field cells' ranges, the width rule and the budget."""
 
-    coarse: FieldSpace = field(default_factory=lambda: FieldSpace(depth1=(1, 4), depth3=(1, 3), widths=(8, 256)))
+    coarse: Unprefixed[FieldSpace] = field(default_factory=lambda: FieldSpace(widths=(8, 256)))
     """Ranges of the coarse field cell."""
-    fine: FieldSpace = field(default_factory=lambda: FieldSpace(depth1=(1, 4), depth3=(1, 3), widths=(8, 256)))
+    fine: Unprefixed[FieldSpace] = field(default_factory=lambda: FieldSpace(widths=(8, 256)))
     """Ranges of the fine field cell."""
-    width_rule: WidthRule = "expanding"
+    width_rule: Unprefixed[WidthRule] = "expanding"
     """The paper's structural constraints: 'uniform' (C1 = C2 = C3), 'expanding' (C1 <= C2 <= C3; uniform
     cells included) or 'free'."""
-    max_params: int | None = None
+    max_params: Unprefixed[int | None] = None
     """Reject (never train) architectures with more parameters (coarse + fine)."""
-    max_gflops: float | None = None
+    max_gflops: Unprefixed[float | None] = None
     """Reject (never train) architectures above this many GFLOPs (paper convention: 2048 rays × 257 samples)."""
 
     def validate(self) -> None:
@@ -183,7 +188,8 @@ class SearchSpace:
         if self.max_gflops is not None:
             gflops = cost.paper_flops / 1e9
             checks.append((gflops / self.max_gflops - 1.0, f"{gflops:.3f} GFLOPs > --max-gflops {self.max_gflops}"))
-        return max(checks)
+        excess, why = max(checks)
+        return excess, why if excess > 0 else ""
 
     def ceiling_gflops(self) -> float:
         """GFLOPs of the largest cells of the ranges, budget ignored: no architecture of the space costs more."""

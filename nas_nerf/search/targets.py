@@ -51,10 +51,12 @@ class Targets:
         if not self.largest:
             return self.ssim[tier]
         low, high = _at(self.smallest, step), _at(self.largest, step)
+        if high <= low:  # this early the boundaries are not apart yet: nobody can be judged behind
+            return -math.inf
         return low + TIER_FRACTIONS[tier] * (high - low)
 
     def to_dict(self) -> dict:
-        return {"ssim": self.ssim, "largest": [list(p) for p in self.largest], "smallest": [list(p) for p in self.smallest]}
+        return {"ssim": self.ssim, "largest": list(map(list, self.largest)), "smallest": list(map(list, self.smallest))}
 
     @classmethod
     def from_dict(cls, data: dict) -> Targets:
@@ -73,6 +75,5 @@ def _at(curve: Curve, step: int) -> float:
 def tier_score(ssim: float, target: float, gflops: float, ceiling_gflops: float) -> float:
     """What a tier study maximises. Meeting the target: how many decades cheaper than the largest cell of the
     space (>= 0, so smaller wins). Missing it: the SSIM shortfall (< 0, always worse than meeting it).
-    Successive halving ranks intermediate evaluations by the same score against the on-track target, so it stops
-    trials that fall behind and trials dominated by a cheaper one on track, never a cheap one on track."""
+    Intermediate evaluations get the same score against the on-track target: negative means behind."""
     return math.log10(ceiling_gflops / gflops) if ssim >= target else ssim - target

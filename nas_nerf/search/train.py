@@ -76,7 +76,8 @@ def trainer_config(
     (<output_dir>/<name>/nas-nerf/run)."""
     config = nas_nerf_trainer("nas-nerf", architecture.coarse, architecture.fine)
     model = config.pipeline.model
-    model.num_coarse_samples, model.num_importance_samples = training.num_coarse_samples, training.num_importance_samples
+    model.num_coarse_samples = training.num_coarse_samples
+    model.num_importance_samples = training.num_importance_samples
     config.pipeline.datamanager.data = data
     config.pipeline.datamanager.train_num_rays_per_batch = training.rays_per_batch
     config.optimizers["fields"]["optimizer"].lr = training.lr

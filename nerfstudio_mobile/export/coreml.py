@@ -56,6 +56,8 @@ def convert(graph: nn.Module, frame: ExportFrame, mode: InputMode) -> Any:
     with torch.no_grad(), warnings.catch_warnings():
         # Near/far and the grid become constants of the trace, which is what a static-shape export wants.
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        # Deprecated in torch, but TorchScript is the input coremltools converts most completely.
+        warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(graph, example)
     with quiet_coremltools():
         return ct.convert(

@@ -1,0 +1,178 @@
+"""Core ML package size per weight compression for the paper-size MobileR2L, and the PSNR each costs a student.
+
+    .venv/bin/python benchmarks/export_sizes.py [--student outputs/.../mobile-r2l/<run>/config.yml]
+
+Sizes: the paper's network (N=28 blocks, width 256, 8x: a 100x100 ray grid -> 800x800 RGB), randomly
+initialised (a package's size depends on the weights' shapes and format, barely on their values), exported
+with the `rays` input. PSNR cost (with --student): every compression of that trained student's `pose`
+package, executed by the torch MIL interpreter on its test views, against the test images, minus the fp16
+package's PSNR; plus each package's PSNR against the torch student.
+Results go to ``benchmarks/results/export_sizes.{json,md}``.
+"""
+
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import tyro
+
+from nerfstudio_mobile.encoding import RayEncodingConfig
+from nerfstudio_mobile.export import coreml
+from nerfstudio_mobile.export.files import file_size
+from nerfstudio_mobile.export.graphs import export_graph
+from nerfstudio_mobile.export.pipeline import export_coreml_files
+from nerfstudio_mobile.export.sidecar import COMPRESSIONS, ExportFrame, Intrinsics, export_frame, sidecar
+from nerfstudio_mobile.export.student import load_student
+from nerfstudio_mobile.network import LightFieldNetwork, LightFieldNetworkConfig
+
+PAPER_FP16_MB = 8.3
+GOAL_4BIT_MB = 2.2
+GOAL_4BIT_PSNR_COST_DB = 0.3
+
+
+@dataclass
+class Args:
+    grid: tuple[int, int] = (100, 100)
+    """Ray grid (h, w) of the size benchmark; the frame is grid * upscale."""
+    network: LightFieldNetworkConfig = field(
+        default_factory=lambda: LightFieldNetworkConfig(width=256, num_blocks=28, predict_depth=False)
+    )
+    student: Path | None = None
+    """config.yml of a trained mobile-r2l student for the PSNR cost of each compression."""
+    output_dir: Path = Path(__file__).parent / "results"
+
+
+def paper_frame(args: Args) -> ExportFrame:
+    """A 360-scene frame at the benchmark grid (intrinsics of a 50 degree field of view)."""
+    h, w = args.grid
+    s = args.network.upscale
+    focal = 0.5 * w * s / 0.4663  # tan(25 deg)
+    return ExportFrame(
+        output=Intrinsics(focal, focal, w * s / 2, h * s / 2, w * s, h * s),
+        network=args.network,
+        encoding=RayEncodingConfig(),
+        near=2.0,
+        far=6.0,
+        dataparser_transform=((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0)),
+        dataparser_scale=1.0,
+    )
+
+
+def package_sizes(args: Args, directory: Path) -> dict:
+    torch.manual_seed(0)
+    frame = paper_frame(args)
+    network = LightFieldNetwork(args.network).eval()
+    graph = export_graph(network, frame, "rays")
+    params = sum(p.numel() for p in graph.parameters())
+    start = time.perf_counter()
+    fp16 = coreml.convert(graph, frame, "rays")
+    convert_s = time.perf_counter() - start
+    rows = []
+    for compression in COMPRESSIONS:
+        start = time.perf_counter()
+        model = coreml.compress(fp16, compression)
+        path = directory / f"paper-{compression}.mlpackage"
+        coreml.save(model, path, sidecar(frame, "rays", compression, params, {"experiment": "random init"}))
+        size = file_size(path)
+        rows.append(
+            dict(
+                compression=compression,
+                size_mb=size / 1e6,
+                bytes_per_param=size / params,
+                seconds=convert_s if compression == "none" else time.perf_counter() - start,
+            )
+        )
+        print(f"{compression:11s} {size / 1e6:6.2f} MB ({size / params:.2f} B/param)")
+    return dict(params=params, gmac_per_frame=frame.gmac_per_frame(), results=rows)
+
+
+def psnr_costs(student_config: Path, directory: Path) -> dict:
+    student = load_student(student_config)
+    frame = export_frame(student)
+    exported = export_coreml_files(student, frame, ["pose"], COMPRESSIONS, directory)
+    fp16 = exported[0].verification.fidelity
+    rows = []
+    for file in exported:
+        fidelity = file.verification.fidelity
+        rows.append(
+            dict(
+                compression=file.weights,
+                size_mb=file.size_bytes / 1e6,
+                psnr_vs_torch_db=fidelity.psnr,
+                max_abs_rgb=fidelity.max_abs_rgb,
+                psnr_vs_test_images_db=fidelity.psnr_images_export,
+                psnr_cost_vs_fp16_db=fp16.psnr_images_export - fidelity.psnr_images_export,
+                passed=file.verification.passed,
+            )
+        )
+        print(f"{file.weights:11s} cost {rows[-1]['psnr_cost_vs_fp16_db']:+.3f} dB, vs torch {fidelity.psnr:.1f} dB")
+    return dict(
+        student=str(student_config),
+        network=asdict(student.network_config),
+        params=exported[0].params,
+        frame=f"{frame.grid.height}x{frame.grid.width} rays -> {frame.output.height}x{frame.output.width}",
+        test_views=len(student.test_views),
+        torch_psnr_vs_test_images_db=fp16.psnr_images_torch,
+        results=rows,
+    )
+
+
+def markdown(result: dict) -> str:
+    sizes = result["sizes"]
+    lines = [
+        f"# Core ML package sizes: paper MobileR2L ({sizes['params'] / 1e6:.2f} M params, "
+        f"{sizes['gmac_per_frame']:.1f} GMAC per {result['frame']} frame)",
+        "",
+        f"Random init, `rays` input, fp16 compute, iOS 16 target. Paper: {PAPER_FP16_MB} MB fp16. Goal: 4-bit "
+        f"<= {GOAL_4BIT_MB} MB at <= {GOAL_4BIT_PSNR_COST_DB} dB PSNR cost.",
+        "",
+        "| weights | size MB | bytes/param | compress s |",
+        "|---|---:|---:|---:|",
+    ]
+    for row in sizes["results"]:
+        lines.append(
+            f"| {row['compression']} | {row['size_mb']:.2f} | {row['bytes_per_param']:.3f} | {row['seconds']:.1f} |"
+        )
+    costs = result.get("psnr_costs")
+    if costs:
+        lines += [
+            "",
+            f"## PSNR cost on a trained student ({costs['params'] / 1e3:.0f} K params, width "
+            f"{costs['network']['width']}, {costs['network']['num_blocks']} blocks, {costs['frame']})",
+            "",
+            f"`pose` packages executed by the torch MIL interpreter on {costs['test_views']} test views. The torch "
+            f"student scores {costs['torch_psnr_vs_test_images_db']:.2f} dB against the test images.",
+            "",
+            "| weights | size MB | PSNR vs test images dB | cost vs fp16 dB | PSNR vs torch dB | max abs RGB | check |",
+            "|---|---:|---:|---:|---:|---:|---|",
+        ]
+        for row in costs["results"]:
+            lines.append(
+                f"| {row['compression']} | {row['size_mb']:.3f} | {row['psnr_vs_test_images_db']:.3f} "
+                f"| {row['psnr_cost_vs_fp16_db']:+.3f} | {row['psnr_vs_torch_db']:.1f} | {row['max_abs_rgb']:.1e} "
+                f"| {'pass' if row['passed'] else 'FAIL'} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(args: Args) -> None:
+    h, w = args.grid
+    s = args.network.upscale
+    with tempfile.TemporaryDirectory() as directory:
+        result = dict(
+            frame=f"{h}x{w} rays -> {h * s}x{w * s} RGB",
+            network=asdict(args.network),
+            sizes=package_sizes(args, Path(directory)),
+        )
+        if args.student is not None:
+            result["psnr_costs"] = psnr_costs(args.student, Path(directory))
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    (args.output_dir / "export_sizes.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.output_dir / "export_sizes.md").write_text(markdown(result))
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))

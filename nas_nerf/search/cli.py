@@ -1,0 +1,59 @@
+"""`ns-nas-search`: the smallest NAS-NeRF field cells that meet the S, XS and XXS quality targets on one scene.
+
+ns-nas-search --data data/nerf_synthetic/lego --output-dir outputs/lego-search --trials-per-tier 8
+ns-nas-search --data ... --storage postgresql://user@host/db    # the same command on every worker
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import dataclass
+
+import optuna
+import torch
+import tyro
+from rich.console import Console
+
+from nas_nerf.search import SearchError
+from nas_nerf.search.report import write_report
+from nas_nerf.search.study import Search, SearchConfig
+
+CONSOLE = Console()
+
+
+@dataclass
+class NASSearch(SearchConfig):
+    """Search the smallest coarse/fine field cells that meet the S, XS and XXS SSIM targets on one scene (NAS-NeRF,
+    with Optuna in place of GenSynth). Running the command again continues the search; workers sharing a storage
+    share the search."""
+
+    timing_repeats: int = 3
+    """Timed renders of one eval frame per architecture (interleaved, median) for the render-time ratios."""
+    threads: int | None = None
+    """torch CPU threads of this worker (default: torch's choice); N workers on one machine: cores / N each."""
+
+    def main(self) -> None:
+        self.validate()
+        if self.threads is not None:
+            if self.threads < 1:
+                raise SearchError(f"--threads must be >= 1, got {self.threads}.")
+            torch.set_num_threads(self.threads)
+        result = Search(self, CONSOLE).run()
+        write_report(result, self, CONSOLE, self.timing_repeats)
+
+
+def entrypoint() -> None:
+    tyro.extras.set_accent_color("bright_yellow")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search prints one line per trial itself
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    search = tyro.cli(NASSearch)
+    try:
+        search.main()
+    except SearchError as err:
+        CONSOLE.print(f"[bold red]ns-nas-search:[/] {err}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    entrypoint()
