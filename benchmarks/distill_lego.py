@@ -19,7 +19,6 @@ import torch
 import tyro
 from PIL import Image
 
-from nas_nerf.cell import FieldCellConfig
 from nerfstudio_mobile.demo import Demo
 from nerfstudio_mobile.network import LightFieldNetworkConfig
 
@@ -34,6 +33,7 @@ class DistillLego:
     """Image size (800 / 4): the student maps a 25×25 ray grid to 200×200."""
     test_stride: int = 8
     teacher_steps: int = 6000
+    teacher_rays: int = 1024
     student_steps: int = 3000
     pseudo_views: int = 500
     student_width: int = 128
@@ -43,8 +43,7 @@ class DistillLego:
         scene = downscale_blender(self.data, self.work_dir / f"lego_{self.size}", self.size, self.test_stride)
         demo = Demo(
             output_dir=self.work_dir, data=scene, teacher_steps=self.teacher_steps, student_steps=self.student_steps,
-            pseudo_views=self.pseudo_views, teacher_coarse=FieldCellConfig((2, 1, 1), (64, 64, 64)),
-            teacher_fine=FieldCellConfig((4, 1, 3), (128, 128, 128)),
+            pseudo_views=self.pseudo_views, teacher_rays=self.teacher_rays,
             student=LightFieldNetworkConfig(width=self.student_width, num_blocks=self.student_blocks),
         )  # fmt: skip
         demo.main()
@@ -52,7 +51,8 @@ class DistillLego:
         cache = next((self.work_dir.resolve() / "runs" / "teacher").rglob("pseudo_views/*/views"))
         files = list(cache.glob("*.npz"))
         summary["pseudo_view_bytes"] = sum(f.stat().st_size for f in files) / len(files)
-        summary["machine"] = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        cpu = platform.processor() or platform.machine()
+        summary["machine"] = f"{cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
         summary["setup"] = vars(self) | {"data": str(self.data), "work_dir": str(self.work_dir)}
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "distill_lego.json").write_text(json.dumps(summary, indent=2))

@@ -53,6 +53,8 @@ class Demo:
     scene: SceneConfig = field(default_factory=lambda: SceneConfig(image_size=96, num_train=60, num_test=8))
     """The generated scene (ignored with --data)."""
     teacher_steps: int = 2000
+    teacher_rays: int = 1024
+    """Rays per teacher training step."""
     student_steps: int = 1500
     pseudo_views: int = 200
     """Teacher renders the student learns from (paper: 10k)."""
@@ -82,7 +84,7 @@ class Demo:
         config.pipeline.datamanager.dataparser, near_far = dataparser_for(data)
         model.collider_params = {"near_plane": near_far[0], "far_plane": near_far[1]}
         config.pipeline.datamanager.data = data
-        config.pipeline.datamanager.train_num_rays_per_batch = 1024
+        config.pipeline.datamanager.train_num_rays_per_batch = self.teacher_rays
         config.optimizers["fields"]["optimizer"].lr = 5e-3
         return _quiet(config, root, "teacher", self.teacher_steps)
 

@@ -65,7 +65,7 @@ def viewer_camera(pipeline: Pipeline, height: int, width: int) -> Cameras:
     ).to(pipeline.device)
 
 
-def run_ns(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+def run_ns(args: list[str], cwd: Path, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"

@@ -16,7 +16,7 @@ import torch
 import tyro
 
 from nerfstudio_mobile.export.cli import Commands, CoreMLExport, OnnxExport, entrypoint
-from nerfstudio_mobile.export.dependencies import require
+from nerfstudio_mobile.export.dependencies import require, require_coremltools
 from nerfstudio_mobile.export.errors import GridShapeError, MissingDependencyError, NotAStudentError, OutputExistsError
 from nerfstudio_mobile.export.files import atomic_output_dir
 from nerfstudio_mobile.export.graphs import export_graph, graph_input
@@ -74,7 +74,7 @@ def test_fp16_package_matches_torch(coreml_files: dict, frame: ExportFrame, mode
     verification = exported.verification
     assert verification.problems == []
     assert verification.passed
-    assert verification.fidelity.psnr > MIN_PSNR["none"]
+    assert verification.fidelity.psnr > MIN_PSNR["fp16"]
     assert verification.fidelity.max_abs_rgb < 1e-2  # a few fp16 ulps of values in [0, 1]
     assert verification.fidelity.max_abs_depth < 1e-2 * frame.far
     # fp16 weights: ~2 bytes per parameter plus the program.
@@ -161,7 +161,7 @@ def test_altered_weights_fail_verification(
     cases = view_cases(student, frame, "rays")
     verification = verify_coreml(path, frame, "rays", "none", exported.params, sidecar, cases)
     assert not verification.passed
-    assert verification.fidelity.psnr < MIN_PSNR["none"] - 10
+    assert verification.fidelity.psnr < MIN_PSNR["fp16"] - 10
 
 
 def test_swapped_layer_fails_verification(student: Student, frame: ExportFrame, tmp_path: Path) -> None:
@@ -225,11 +225,14 @@ def test_teacher_run_is_refused_with_what_to_do(
 
 
 def test_missing_optional_dependencies_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nerfstudio_mobile.export.coreml import compress
+
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
     with pytest.raises(MissingDependencyError, match="pip install onnxruntime"):
         require("onnxruntime", "onnxruntime", "Checking ONNX exports")
-    from nerfstudio_mobile.export.coreml import compress
-
+    monkeypatch.setitem(sys.modules, "coremltools", None)
+    with pytest.raises(MissingDependencyError, match="Core ML export needs the `coremltools` package"):
+        require_coremltools("Core ML export")
     monkeypatch.setitem(sys.modules, "sklearn", None)
     with pytest.raises(MissingDependencyError, match="scikit-learn"):
         compress(object(), "palettize4")

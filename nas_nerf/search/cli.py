@@ -19,7 +19,7 @@ from nas_nerf.search import SearchError
 from nas_nerf.search.report import write_report
 from nas_nerf.search.study import Search, SearchConfig
 
-CONSOLE = Console()
+CONSOLE = Console(width=None if sys.stdout.isatty() else 160)  # logs: long lines rather than wrapped ones
 
 
 @dataclass
@@ -29,15 +29,16 @@ class NASSearch(SearchConfig):
     share the search."""
 
     timing_repeats: int = 3
-    """Timed renders of one eval frame per architecture (interleaved, median) for the render-time ratios."""
+    """Timed renders of one eval frame per architecture (interleaved, median) for the render-time ratios; 0 skips
+    the timing."""
     threads: int | None = None
     """torch CPU threads of this worker (default: torch's choice); N workers on one machine: cores / N each."""
 
     def main(self) -> None:
         self.validate()
+        if self.timing_repeats < 0 or (self.threads is not None and self.threads < 1):
+            raise SearchError("--timing-repeats must be >= 0 and --threads >= 1.")
         if self.threads is not None:
-            if self.threads < 1:
-                raise SearchError(f"--threads must be >= 1, got {self.threads}.")
             torch.set_num_threads(self.threads)
         result = Search(self, CONSOLE).run()
         write_report(result, self, CONSOLE, self.timing_repeats)

@@ -17,6 +17,7 @@ import io
 import json
 import statistics
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,40 +87,42 @@ def write_report(result: SearchResult, config: SearchConfig, console: Console, t
 def frame_milliseconds(
     architectures: dict[str, Architecture], config: SearchConfig, repeats: int
 ) -> tuple[dict[str, float], tuple[int, int]]:
-    """Median time to render the first eval frame of the scene with each architecture, renders interleaved so
-    that load from other processes hits all of them alike. Returns ms per name and the frame (H, W)."""
+    """Median time to render the first eval frame of the scene with each distinct architecture, renders
+    interleaved so that load from other processes hits all of them alike (the median also discounts a slow
+    first render). Returns ms per name (none for 0 repeats) and the frame (H, W)."""
     parser = trainer_config(VANILLA, config.training, config.data, config.output_dir, "timing", 1).pipeline.datamanager
     parser.dataparser.data = config.data  # as the datamanager would: read the scene as the trials did
     outputs = parser.dataparser.setup().get_dataparser_outputs(split="val")
     device = default_device_type()
     camera = outputs.cameras[0:1].to(device)
+    frame = (int(camera.height.item()), int(camera.width.item()))
+    if repeats == 0:
+        return {}, frame
     models = {
-        name: NASNeRFModelConfig(coarse_cell=a.coarse, fine_cell=a.fine)
+        a.key: NASNeRFModelConfig(coarse_cell=a.coarse, fine_cell=a.fine)
         .setup(scene_box=outputs.scene_box, num_train_data=len(outputs.image_filenames))
         .to(device)
         .eval()
-        for name, a in architectures.items()
+        for a in architectures.values()
     }
-    times: dict[str, list[float]] = {name: [] for name in models}
-    for round_ in range(repeats + 1):  # round 0 warms up
-        for name, model in models.items():
-            start = time.perf_counter()
-            model.get_outputs_for_camera(camera)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            if round_:
-                times[name].append(time.perf_counter() - start)
-    return {name: 1000 * statistics.median(t) for name, t in times.items()}, (
-        int(camera.height.item()),
-        int(camera.width.item()),
-    )
+    times: dict[str, list[float]] = {key: [] for key in models}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # nerfstudio's deprecation noise, once per render
+        for _ in range(repeats):
+            for key, model in models.items():
+                start = time.perf_counter()
+                model.get_outputs_for_camera(camera)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                times[key].append(time.perf_counter() - start)
+    return {name: 1000 * statistics.median(times[a.key]) for name, a in architectures.items()}, frame
 
 
 def table_row(
     model: str, architecture: Architecture, record: Record | None, target: float | None, ms: dict[str, float]
 ) -> dict:
     cost, vanilla = architecture.cost(), VANILLA.cost()
-    frame_ms = ms[model.lower()]
+    frame_ms = ms.get(model.lower())
     return {
         "model": model,
         "coarse_depths": list(architecture.coarse.depths),
@@ -131,7 +134,7 @@ def table_row(
         "gflops": cost.paper_flops / 1e9,
         "flops_reduction": vanilla.paper_flops / cost.paper_flops,
         "ms_per_frame": frame_ms,
-        "speedup": ms["nerf"] / frame_ms,
+        "speedup": ms["nerf"] / frame_ms if frame_ms else None,
         "psnr": record.psnr if record else None,
         "ssim": record.ssim if record else None,
         "target_ssim": target,
@@ -143,16 +146,16 @@ def _cells(row: dict, kind: str) -> str:
     return " / ".join(str(row[f"{field}_{kind}"]).replace(" ", "") for field in ("coarse", "fine"))
 
 
-def _metric(value: float | None, digits: int) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
+def _metric(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
 
 
 def _formatted(row: dict) -> list[str]:
     return [
         row["model"], _cells(row, "depths"), _cells(row, "channels"), f"{row['params'] / 1e6:.3f} M",
         f"{row['params_reduction']:.1f}×", f"{row['gflops']:.2f}", f"{row['flops_reduction']:.1f}×",
-        f"{row['ms_per_frame']:.0f}", f"{row['speedup']:.1f}×", _metric(row["psnr"], 2), _metric(row["ssim"], 4),
-        _metric(row["target_ssim"], 4),
+        _metric(row["ms_per_frame"], ".0f"), _metric(row["speedup"], ".1f") + "×", _metric(row["psnr"], ".2f"),
+        _metric(row["ssim"], ".4f"), _metric(row["target_ssim"], ".4f"),
     ]  # fmt: skip
 
 

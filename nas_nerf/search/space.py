@@ -147,12 +147,12 @@ class SearchSpace:
     def boundary_params(self, boundary: str) -> dict[str, int]:
         """Parameters of the smallest architecture (every depth and width at its minimum) or of the largest one
         within the budget (every depth at its maximum, uniform widths shrunk step by step from the maximum)."""
+        smallest = self._corner(largest=False)
+        excess, why = self.over_budget(self.decode(smallest))
+        if excess > 0:
+            raise SearchError(f"Even the smallest architecture {self.decode(smallest)} is over budget: {why}.")
         if boundary == "smallest":
-            params = self._corner(largest=False)
-            excess, why = self.over_budget(self.decode(params))
-            if excess > 0:
-                raise SearchError(f"Even the smallest architecture {self.decode(params)} is over budget: {why}.")
-            return params
+            return smallest
         most_steps = max((space.widths[1] - space.widths[0]) // space.width_step for space in (self.coarse, self.fine))
         for shrink in range(most_steps + 1):
             params = self._corner(largest=True, shrink=shrink)

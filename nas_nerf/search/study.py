@@ -9,7 +9,7 @@ and `<study>.xxs`.
   at no cost, and an architecture trained once (in any study) is never trained again. Each tier's winner is
   read off all finished trials of all studies, so tiers nest: XXS <= XS <= S in FLOPs.
 * resuming and many workers: finished trials live in the storage; heartbeats mark trials of a killed worker
-  failed, and RetryFailedTrialCallback queues them again; budgets count finished trials of the whole study,
+  failed, and RetryHeartbeatStaleTrialCallback queues them again; budgets count finished trials of the whole study,
   so a second run of the same command continues it and N workers share it.
 """
 
@@ -26,10 +26,12 @@ from typing import Literal
 import optuna
 from optuna.pruners import BasePruner, HyperbandPruner, NopPruner, SuccessiveHalvingPruner
 from optuna.samplers import BaseSampler, GridSampler, NSGAIISampler, TPESampler
-from optuna.storages import RDBStorage, RetryFailedTrialCallback
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from sqlalchemy import event
+from sqlalchemy.exc import SQLAlchemyError
 
 from nas_nerf.search import SearchError
 from nas_nerf.search.space import BOUNDARIES, Architecture, SearchSpace
@@ -44,6 +46,7 @@ PROPOSALS_PER_TRIAL = 5
 """A tier also ends after this many sampler proposals per trial of its budget: a space mostly over budget, or
 one exhausted, cannot loop forever on proposals that train nothing."""
 POLL_SECONDS = 2.0
+STORAGE_ATTEMPTS = 5
 
 
 @dataclass
@@ -172,12 +175,22 @@ class Record:
 
     @classmethod
     def from_trial(cls, part: str, trial: FrozenTrial) -> Record:
-        attrs = trial.user_attrs
+        cells, result = trial.user_attrs["architecture"], trial.user_attrs["result"]
         return cls(
-            part, trial.number, Architecture.from_dict(attrs["cells"]), attrs["space_params"], attrs["params"],
-            attrs["gflops"], attrs["ssim"], attrs["psnr"], attrs["steps"], attrs["outcome"], attrs["run"],
-            tuple((int(step), float(ssim)) for step, ssim in attrs["curve"]),
+            part, trial.number, Architecture.from_dict(cells["cells"]), cells["space_params"], cells["params"],
+            cells["gflops"], result["ssim"], result["psnr"], result["steps"], result["outcome"], result["run"],
+            tuple((int(step), float(ssim)) for step, ssim in trial.user_attrs["curve"]),
         )  # fmt: skip
+
+
+def outcome(trial: FrozenTrial) -> str | None:
+    """trained, pruned, reused, dominated or over-budget; None while the trial runs."""
+    return trial.user_attrs.get("result", {}).get("outcome")
+
+
+def cheapest_meeting(records: list[Record], target: float) -> Record | None:
+    """The fewest FLOPs among architectures meeting the target (ties: the higher SSIM)."""
+    return min((r for r in records if r.ssim >= target), key=lambda r: (r.gflops, -r.ssim), default=None)
 
 
 @dataclass
@@ -189,11 +202,7 @@ class SearchResult:
     """Per study part, how many trials were trained, pruned, reused or over budget."""
 
     def winners(self) -> dict[str, Record | None]:
-        """Per tier, the fewest FLOPs among architectures meeting its target (ties: the higher SSIM)."""
-        return {
-            tier: min((r for r in self.records if r.ssim >= target), key=lambda r: (r.gflops, -r.ssim), default=None)
-            for tier, target in self.targets.ssim.items()
-        }
+        return {tier: cheapest_meeting(self.records, target) for tier, target in self.targets.ssim.items()}
 
     def pareto_front(self) -> list[Record]:
         """Architectures no cheaper one matches in SSIM, by FLOPs."""
@@ -228,24 +237,25 @@ class Goal:
             trial.set_constraint("ssim", self.target(step) - ssim)
 
 
+def _fast_sqlite(connection: object, _: object) -> None:
+    """Optuna commits every attribute it stores; in SQLite's default mode each commit waits for the disk (about
+    10 ms here). With write-ahead logging, commits survive a killed process without that wait, and readers do
+    not block the writer."""
+    connection.execute("PRAGMA journal_mode=WAL")  # type: ignore[attr-defined]
+    connection.execute("PRAGMA synchronous=NORMAL")  # type: ignore[attr-defined]
+
+
 class Search:
     """Runs (or continues, or joins) one search, then returns every finished architecture."""
 
     def __init__(self, config: SearchConfig, console: Console) -> None:
-        self.config, self.console = config, console
+        self.config = config
         space = config.space
         self.boundaries = {name: space.boundary_params(name) for name in BOUNDARIES}
         self.largest_params = space.decode(self.boundaries["largest"]).cost().params
         self.ceiling_gflops = space.ceiling_gflops()
         config.output_dir.mkdir(parents=True, exist_ok=True)
-        self.storage = RDBStorage(
-            config.storage_url(),
-            # SQLite serialises writers: wait for the lock rather than fail when workers write at once
-            engine_kwargs={"connect_args": {"timeout": 120}} if config.storage_url().startswith("sqlite") else None,
-            heartbeat_interval=config.heartbeat_interval,
-            grace_period=config.grace_period or 3 * config.heartbeat_interval,
-            failed_trial_callback=RetryFailedTrialCallback(max_retry=1),
-        )
+        self.storage = self._connect()
         self.progress = Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
             TimeElapsedColumn(), console=console,
@@ -262,7 +272,7 @@ class Search:
             self._wait_for_other_workers()
         studies = self._studies()
         outcomes = {
-            part: Counter(t.user_attrs.get("outcome", t.state.name.lower()) for t in study.get_trials(deepcopy=False))
+            part: Counter(outcome(t) or t.state.name.lower() for t in study.get_trials(deepcopy=False))
             for part, study in studies.items()
         }
         return SearchResult(targets, self._records(), outcomes)
@@ -282,19 +292,19 @@ class Search:
                 break
             running = {t.params.get("boundary") for t in trials if t.state == TrialState.RUNNING}
             if any(t.state == TrialState.WAITING for t in trials) or set(BOUNDARIES) - set(done) - running:
-                study.optimize(self._objective("targets", None), n_trials=1, gc_after_trial=True)
+                study.optimize(self._objective("targets", None), n_trials=1)
             else:
                 time.sleep(POLL_SECONDS)  # another worker trains the last one
         return Targets.between(done["largest"].curve, done["smallest"].curve)
 
     def _search_tier(self, tier: str, targets: Targets) -> None:
         base, seed = self.config.training.steps, self.config.seed
+        seed = None if seed is None else seed + TIERS.index(tier)
         sampler: BaseSampler
         if self.config.sampler == "tpe":
             sampler = TPESampler(
-                n_startup_trials=self.config.startup_trials, multivariate=True, constant_liar=True,
-                seed=None if seed is None else seed + TIERS.index(tier),
-            )  # fmt: skip
+                n_startup_trials=self.config.startup_trials, multivariate=True, constant_liar=True, seed=seed
+            )
         else:
             sampler = NSGAIISampler(population_size=self.config.startup_trials, seed=seed)
         pruner = self.config.pruner.make(base, round(base * self.config.training.max_step_factor))
@@ -307,7 +317,7 @@ class Search:
         def budget_spent() -> bool:
             proposed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
                         if not t.user_attrs.get("warm_start")]  # fmt: skip
-            trained = sum(t.user_attrs.get("outcome") in TRAINED for t in proposed)
+            trained = sum(outcome(t) in TRAINED for t in proposed)
             self.progress.update(task, completed=min(trained, self.config.trials_per_tier))
             budget = self.config.trials_per_tier
             return trained >= budget or len(proposed) >= PROPOSALS_PER_TRIAL * budget
@@ -317,13 +327,18 @@ class Search:
                 study.stop()
 
         if not budget_spent():
-            study.optimize(self._objective(tier, targets), callbacks=[stop_when_spent], gc_after_trial=True)
+            study.optimize(self._objective(tier, targets), callbacks=[stop_when_spent])
 
     def _warm_start(self, study: optuna.Study) -> None:
         """Queue every architecture already evaluated: replays cost nothing and give the sampler a model
         of the space from the first proposal on."""
-        for record in self._records():
+        records = self._records()
+        for record in records:
             study.enqueue_trial(record.space_params, user_attrs={"warm_start": True}, skip_if_exists=True)
+        if records:
+            self.progress.console.print(
+                f"[dim]{study.study_name} starts from the {len(records)} architectures evaluated so far (replayed)"
+            )
 
     def _wait_for_other_workers(self) -> None:
         """Report only once trials of other workers have finished (or been found dead)."""
@@ -351,9 +366,8 @@ class Search:
                 params = self.config.space.suggest(trial)
             architecture = self.config.space.decode(params)
             cost = architecture.cost()
-            for key, value in (("cells", architecture.to_dict()), ("space_params", params),
-                               ("params", cost.params), ("gflops", cost.paper_flops / 1e9)):  # fmt: skip
-                trial.set_user_attr(key, value)
+            trial.set_user_attr("architecture", {"cells": architecture.to_dict(), "space_params": params,
+                                                 "params": cost.params, "gflops": cost.paper_flops / 1e9})  # fmt: skip
             goal = Goal(None if part == "targets" else part, targets, cost.paper_flops / 1e9, self.ceiling_gflops)
             label = f"{part}#{trial.number}"
             excess, why = self.config.space.over_budget(architecture)
@@ -363,10 +377,11 @@ class Search:
                 goal.constrain(trial, 0.0)  # nothing measured: as far from the target as can be
                 self._finish(trial, label, architecture, "over-budget", f"[yellow]over budget, not trained: {why}")
                 raise optuna.TrialPruned(why)
-            source = self._lookup(architecture)
+            records = self._records()
+            source = next((r for r in records if r.architecture.key == architecture.key), None)
             if source is not None:
                 return self._replay(trial, label, architecture, goal, source)
-            if goal.tier is not None and (incumbent := self._cheapest_meeting(goal.target())) is not None:
+            if goal.tier is not None and (incumbent := cheapest_meeting(records, goal.target())):
                 if incumbent.gflops <= goal.gflops:
                     goal.constrain(trial, goal.target())  # at least as good as the incumbent: take it as met
                     note = f"[dim]not trained: {incumbent.label} meets the target with {incumbent.gflops:.3f} GFLOPs"
@@ -421,18 +436,21 @@ class Search:
             trial.should_prune()  # enters the result in the pruner's rungs, for later trials to compete with
         trial.set_user_attr("curve", source.curve)
         goal.constrain(trial, source.ssim)
-        self._finish(trial, label, architecture, "reused", f"same cells as {source.label}: "
-                     + self._verdict(goal, source.ssim, source.steps), ssim=source.ssim, psnr=source.psnr,
+        note = None if trial.user_attrs.get("warm_start") else (
+            f"[dim]same cells as {source.label}: " + self._verdict(goal, source.ssim, source.steps)
+        )  # fmt: skip
+        self._finish(trial, label, architecture, "reused", note, ssim=source.ssim, psnr=source.psnr,
                      steps=source.steps, run=source.run, reused_from=source.label)  # fmt: skip
         return goal.score(source.ssim)
 
     def _finish(
-        self, trial: optuna.Trial, label: str, architecture: Architecture, outcome: str, note: str, **attrs: object
+        self, trial: optuna.Trial, label: str, architecture: Architecture, kind: str, note: str | None, **attrs: object
     ) -> None:
-        for key, value in {**attrs, "outcome": outcome}.items():
-            trial.set_user_attr(key, value)
-        gflops = trial.user_attrs["gflops"]
-        self.progress.console.print(f"[bold]{label:>10}[/] {architecture}  {gflops:8.3f} GFLOPs  {note}")
+        """Record the trial's outcome (`kind`) and result; print its line unless `note` is None."""
+        trial.set_user_attr("result", {"outcome": kind, **attrs})
+        if note is not None:
+            gflops = architecture.cost().paper_flops / 1e9
+            self.progress.console.print(f"[bold]{label:>10}[/] {architecture}  {gflops:8.3f} GFLOPs  {note}")
 
     @staticmethod
     def _verdict(goal: Goal, ssim: float, steps: int) -> str:
@@ -450,6 +468,29 @@ class Search:
         self.progress.console.print(f"[bold]SSIM targets[/] ({source}): {values}")
 
     # -- storage -----------------------------------------------------------------------------------------------
+
+    def _connect(self) -> RDBStorage:
+        url, attempt = self.config.storage_url(), 0
+        while True:
+            try:
+                storage = RDBStorage(
+                    url,
+                    # SQLite serialises writers: wait for the lock rather than fail when workers write at once
+                    engine_kwargs={"connect_args": {"timeout": 120}} if url.startswith("sqlite") else None,
+                    heartbeat_interval=self.config.heartbeat_interval,
+                    grace_period=self.config.grace_period or 3 * self.config.heartbeat_interval,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=1),
+                )
+                if url.startswith("sqlite"):
+                    event.listen(storage.engine, "connect", _fast_sqlite)
+                    storage.engine.dispose()  # later connections get the pragmas
+                return storage
+            except SQLAlchemyError as err:
+                # workers starting together race to create the tables: the losers find them on a second look
+                attempt += 1
+                if attempt == STORAGE_ATTEMPTS:
+                    raise SearchError(f"Cannot open the Optuna storage {url}: {err}") from err
+                time.sleep(attempt)
 
     def _study(self, part: str, sampler: BaseSampler, pruner: BasePruner) -> optuna.Study:
         study = optuna.create_study(
@@ -486,15 +527,9 @@ class Search:
             Record.from_trial(part, trial)
             for part, study in self._studies().items()
             for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if trial.user_attrs.get("outcome") in ("trained", "reused")
+            if outcome(trial) in ("trained", "reused")
         ]
         unique: dict[str, Record] = {}
         for record in sorted(finished, key=lambda r: r.outcome != "trained"):
             unique.setdefault(record.architecture.key, record)
         return list(unique.values())
-
-    def _lookup(self, architecture: Architecture) -> Record | None:
-        return next((r for r in self._records() if r.architecture.key == architecture.key), None)
-
-    def _cheapest_meeting(self, target: float) -> Record | None:
-        return min((r for r in self._records() if r.ssim >= target), key=lambda r: r.gflops, default=None)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import rich
 import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackLocation
@@ -146,13 +147,16 @@ def _quiet_nerfstudio() -> Iterator[None]:
     from nerfstudio.utils.rich_utils import CONSOLE
 
     writer.EVENT_WRITERS.clear()
-    CONSOLE.quiet = True
+    consoles = [CONSOLE, rich.get_console()]  # the second: progress bars nerfstudio's data loaders show
+    for console in consoles:
+        console.quiet = True
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             yield
     finally:
-        CONSOLE.quiet = False
+        for console in consoles:
+            console.quiet = False
         for event_writer in writer.EVENT_WRITERS:
             if isinstance(event_writer, writer.TensorboardWriter):
                 event_writer.tb_writer.close()

@@ -47,7 +47,9 @@ class ExportMobile(ABC):
     """Replace a non-empty --output-dir."""
 
     def main(self) -> None:
-        check_output_dir(self.output_dir, self.overwrite)  # before loading anything
+        # Usage problems first, before the slow part (loading the run).
+        check_output_dir(self.output_dir, self.overwrite)
+        self.require_dependencies()
         student = load_student(self.load_config)
         frame = export_frame(student, self.output_size)
         with atomic_output_dir(self.output_dir, self.overwrite) as staging:
@@ -58,6 +60,10 @@ class ExportMobile(ABC):
             CONSOLE.print(f"[red]{file.path.name} failed verification: {'; '.join(file.verification.failures)}")
         if failed:
             sys.exit(1)
+
+    @abstractmethod
+    def require_dependencies(self) -> None:
+        """Import this format's optional packages (MissingDependencyError names the one to install)."""
 
     @abstractmethod
     def export(self, student: Student, frame: ExportFrame, directory: Path) -> list[ExportedFile]:
@@ -71,6 +77,12 @@ class CoreMLExport(ExportMobile):
     compressions: tuple[Compression, ...] = ("none",)
     """Weight formats, one package each: none (fp16), int8, palettize8, palettize6, palettize4 (k-means)."""
 
+    def require_dependencies(self) -> None:
+        from nerfstudio_mobile.export import coreml, coreml_verify  # noqa: F401
+
+        if any(compression in coreml.PALETTE_BITS for compression in self.compressions):
+            coreml.require_palettizer()
+
     def export(self, student: Student, frame: ExportFrame, directory: Path) -> list[ExportedFile]:
         return export_coreml_files(student, frame, self.input_modes, self.compressions, directory)
 
@@ -78,6 +90,9 @@ class CoreMLExport(ExportMobile):
 @dataclass
 class OnnxExport(ExportMobile):
     """ONNX files (opset 17, fp32), checked with onnxruntime."""
+
+    def require_dependencies(self) -> None:
+        from nerfstudio_mobile.export import onnx  # noqa: F401
 
     def export(self, student: Student, frame: ExportFrame, directory: Path) -> list[ExportedFile]:
         return export_onnx_files(student, frame, self.input_modes, directory)
@@ -91,26 +106,18 @@ def export_table(student: Student, frame: ExportFrame, exported: list[ExportedFi
     grid, output = frame.grid, frame.output
     table = Table(
         title=f"{student.name} (step {student.step}) → {output_dir}: {grid.height}×{grid.width} rays → "
-        f"{output.height}×{output.width} frame, compared with the torch student on {len(student.test_views)} "
-        "test views"
+        f"{output.height}×{output.width} frame. PSNR and max |Δ| against the torch student, PSNR vs images: "
+        f"torch → export against the {len(student.test_views)} test images"
     )
-    for column in ("file", "input", "weights"):
-        table.add_column(column)
-    for column in (
-        "size",
-        "params",
-        "GMAC/frame",
-        "PSNR vs torch (dB)",
-        "max |Δ| rgb",
-        "max |Δ| depth",
-        "PSNR vs test images: torch → export",
-    ):
+    table.add_column("file", no_wrap=True)
+    table.add_column("input")
+    table.add_column("weights")
+    for column in ("size", "params", "GMAC/frame", "PSNR vs torch", "max |Δ| rgb / depth", "PSNR vs images"):
         table.add_column(column, justify="right")
     table.add_column("check")
     for file in exported:
         fidelity = file.verification.fidelity
-        depth = "–" if fidelity.max_abs_depth is None else f"{fidelity.max_abs_depth:.2e}"
-        check = "[green]pass" if file.verification.passed else f"[red]FAIL: {file.verification.failures[0]}"
+        depth = "" if fidelity.max_abs_depth is None else f" / {fidelity.max_abs_depth:.1e}"
         table.add_row(
             file.path.name,
             file.mode,
@@ -118,11 +125,10 @@ def export_table(student: Student, frame: ExportFrame, exported: list[ExportedFi
             f"{file.size_bytes / 1e6:.2f} MB",
             f"{file.params / 1e6:.3f} M",
             f"{frame.gmac_per_frame():.3f}",
-            f"{fidelity.psnr:.1f}",
-            f"{fidelity.max_abs_rgb:.2e}",
-            depth,
+            f"{fidelity.psnr:.1f} dB",
+            f"{fidelity.max_abs_rgb:.1e}{depth}",
             f"{_db(fidelity.psnr_images_torch)} → {_db(fidelity.psnr_images_export)}",
-            check,
+            "[green]pass" if file.verification.passed else "[red]FAIL",
         )
     return table
 

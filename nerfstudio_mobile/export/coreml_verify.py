@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
@@ -20,8 +20,11 @@ from nerfstudio_mobile.export.coreml import (
     is_network_op,
 )
 from nerfstudio_mobile.export.mil import Package, dtype_name, read_package, run_program
-from nerfstudio_mobile.export.sidecar import SIDECAR_KEY, Compression, ExportFrame, InputMode
+from nerfstudio_mobile.export.sidecar import SIDECAR_KEY, Compression, ExportFrame, InputMode, weights_label
 from nerfstudio_mobile.export.verify import MIN_PSNR, Case, Verification, measure
+
+if TYPE_CHECKING:
+    from coremltools.converters.mil.mil import Var
 
 LAYOUT_OPS = frozenset({"reshape", "transpose", "expand_dims", "squeeze", "tile"})
 """Ops that move data between axes: fine in the fp32 encoding, not in the Neural-Engine network part."""
@@ -81,7 +84,7 @@ def check_ops(package: Package) -> list[str]:
     return problems
 
 
-def _weight_storage(weight: Any) -> tuple[str, int]:
+def _weight_storage(weight: Var) -> tuple[str, int]:
     """How a conv weight is stored: ("fp16" | "fp32" | "int8" | "palette", bits per element)."""
     producer = weight.op
     if producer is None or producer.op_type == "const":
@@ -137,4 +140,4 @@ def verify_coreml(
         outputs = run_program(package.main, {mode: x})
         return [outputs[name] for name in frame.output_names]
 
-    return Verification(measure(run, cases), MIN_PSNR[compression], problems)
+    return Verification(measure(run, cases), MIN_PSNR[weights_label(compression)], problems)

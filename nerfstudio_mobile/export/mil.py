@@ -2,9 +2,10 @@
 where Core ML's own `predict` needs macOS.
 
 The program is read back from the saved ``.mlpackage`` (its protobuf and its weight file), so what runs here
-is what ships: every op is implemented in torch from the MIL op definitions, in the dtype the program
-declares (fp16 where the converter put fp16), and compressed weights are expanded from their stored form
-(packed palette indices + look-up table, int8 + scale + zero point) by our own code, not coremltools'.
+is what ships: every op our exports contain is implemented in torch from the MIL op definitions, every value
+is stored in the dtype the program declares (fp16 in the network), and compressed weights are expanded from
+their stored form (packed palette indices + look-up table, int8 + scale + zero point) by our own code, not
+coremltools'. An op outside that set raises UnsupportedOpError instead of being guessed.
 """
 
 from collections.abc import Callable, Sequence
@@ -66,9 +67,9 @@ def dtype_name(var: Var) -> str:
 class OpArgs:
     """An op's inputs as torch tensors (computed values, or constants stored in the program).
 
-    fp16 values are handed to the op widened to fp32 (exactly) and the op's result is rounded back to its
-    declared dtype: fp16 storage between ops with fp32 arithmetic inside them, as GPUs and the Neural Engine
-    accumulate; and torch's fp16 CPU kernels are an order of magnitude slower."""
+    fp16 values are handed to the op widened to fp32 (exactly) and run_program rounds the result back to the
+    declared dtype: fp16 storage between ops with fp32 accumulation inside them, as GPUs do; torch's fp16
+    CPU kernels would also be an order of magnitude slower."""
 
     def __init__(self, op: Operation, values: dict[str, Tensor]) -> None:
         self.op, self._values = op, values
@@ -224,21 +225,12 @@ def unpack_indices(packed: Tensor, nbits: int, count: int) -> Tensor:
 
 
 def _lut_to_dense(args: OpArgs) -> Tensor:
-    """Palettized weight. iOS16: one 2^n-entry look-up table, n-bit indices packed into bytes. iOS18: a table
-    per group of slices, lut [G_0, .., G_r-1, 2^n, 1], each G_i dividing the weight's axis i; indices
-    unpacked to the weight's shape (coremltools unpacks sub-byte types when reading the program)."""
-    lut = args.tensor("lut")
-    if "shape" in args.op.inputs:  # iOS16
-        shape = args.ints("shape")
-        indices = unpack_indices(args.tensor("indices"), int(np.log2(lut.numel())), int(np.prod(shape)))
-        return lut[indices].reshape(shape)
-    indices = args.tensor("indices").long()
-    if lut.shape[-1] != 1:
-        raise UnsupportedOpError(f"constexpr_lut_to_dense {args.op.name}: vector palettization")
-    table = lut[..., 0]  # [*groups, 2^n]
-    for axis, (size, groups) in enumerate(zip(indices.shape, lut.shape[:-2], strict=True)):
-        table = table.repeat_interleave(size // groups, dim=axis)
-    return table.gather(-1, indices[..., None])[..., 0]
+    """iOS16 palettized weight: one 2^n-entry look-up table, n-bit indices packed into bytes."""
+    if "shape" not in args.op.inputs:
+        raise UnsupportedOpError(f"constexpr_lut_to_dense {args.op.name}: only the iOS16 per-tensor form")
+    lut, shape = args.tensor("lut"), args.ints("shape")
+    indices = unpack_indices(args.tensor("indices"), int(np.log2(lut.numel())), int(np.prod(shape)))
+    return lut[indices].reshape(shape)
 
 
 def _affine_dequantize(args: OpArgs) -> Tensor:
@@ -249,7 +241,7 @@ def _affine_dequantize(args: OpArgs) -> Tensor:
     broadcast = [-1 if dim == axis else 1 for dim in range(data.dim())]
     if scale.dim() == 1:
         scale, zero_point = scale.reshape(broadcast), zero_point.reshape(broadcast)
-    return ((data.float() - zero_point.float()) * scale.float()).to(scale.dtype)
+    return (data.float() - zero_point.float()) * scale
 
 
 def _binary(fn: Callable[[Tensor, Tensor], Tensor]) -> OpImplementation:
@@ -262,7 +254,6 @@ def _unary(fn: Callable[[Tensor], Tensor]) -> OpImplementation:
 
 OPS: dict[str, OpImplementation] = {
     "add": _binary(torch.add),
-    "sub": _binary(torch.sub),
     "mul": _binary(torch.mul),
     "real_div": _binary(torch.div),
     "matmul": _matmul,
@@ -270,7 +261,6 @@ OPS: dict[str, OpImplementation] = {
     "cos": _unary(torch.cos),
     "sigmoid": _unary(torch.sigmoid),
     "softplus": _unary(F.softplus),
-    "relu": _unary(F.relu),
     "gelu": _gelu,
     "cast": _cast,
     "conv": _conv,
@@ -280,7 +270,6 @@ OPS: dict[str, OpImplementation] = {
     "reshape": lambda args: args.tensor("x").reshape(args.ints("shape")),
     "transpose": lambda args: args.tensor("x").permute(args.ints("perm")),
     "expand_dims": _expand_dims,
-    "squeeze": lambda args: args.tensor("x").squeeze(args.ints("axes")),
     "tile": lambda args: args.tensor("x").repeat(args.ints("reps")),
     "reduce_l2_norm": _reduce_l2_norm,
     "constexpr_lut_to_dense": _lut_to_dense,

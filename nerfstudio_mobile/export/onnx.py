@@ -16,6 +16,7 @@ from nerfstudio_mobile.export.sidecar import SIDECAR_KEY, ExportFrame, InputMode
 from nerfstudio_mobile.export.verify import MIN_PSNR, Case, Verification, measure
 
 onnx = require("onnx", "onnx", "ONNX export")
+ort = require("onnxruntime", "onnxruntime", "Checking ONNX exports")
 
 OPSET = 17
 """Opset 17 (ONNX 1.12, 2022): supported by onnxruntime, onnxruntime-mobile and the common converters."""
@@ -47,7 +48,6 @@ def verify_onnx(
     path: Path, frame: ExportFrame, mode: InputMode, sidecar: dict[str, Any], cases: list[Case]
 ) -> Verification:
     """Check names, shapes and metadata of the file at `path`, then run it with onnxruntime on every case."""
-    ort = require("onnxruntime", "onnxruntime", "Checking ONNX exports")
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     problems = []
     found = {

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from nerfstudio_mobile.export.files import file_size
 from nerfstudio_mobile.export.graphs import export_graph
-from nerfstudio_mobile.export.sidecar import Compression, ExportFrame, InputMode, sidecar
+from nerfstudio_mobile.export.sidecar import Compression, ExportFrame, InputMode, sidecar, weights_label
 from nerfstudio_mobile.export.student import Student
 from nerfstudio_mobile.export.verify import Verification, view_cases
 
@@ -52,7 +52,7 @@ def export_coreml_files(
         cases = view_cases(student, frame, mode)
         fp16 = coreml.convert(graph, frame, mode)
         for compression in compressions:
-            weights = "fp16" if compression == "none" else compression
+            weights = weights_label(compression)
             contents = sidecar(frame, mode, weights, params, student.source)
             path = directory / f"{student.name}-{mode}-{weights}.mlpackage"
             coreml.save(coreml.compress(fp16, compression), path, contents)

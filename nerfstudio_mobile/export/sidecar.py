@@ -19,6 +19,13 @@ INPUT_MODES: tuple[InputMode, ...] = ("rays", "pose")
 Compression = Literal["none", "int8", "palettize8", "palettize6", "palettize4"]
 """Core ML weight formats: none = fp16, int8 linear, n-bit k-means palettes."""
 COMPRESSIONS: tuple[Compression, ...] = ("none", "int8", "palettize8", "palettize6", "palettize4")
+
+
+def weights_label(compression: Compression) -> str:
+    """How a Core ML package's weights are stored: "fp16" (no compression), "int8", "palettize4", ..."""
+    return "fp16" if compression == "none" else compression
+
+
 SIDECAR_KEY = "nerfstudio_mobile.sidecar"
 SIDECAR_FORMAT = "nerfstudio-mobile/mobile-r2l-export/v1"
 
@@ -42,12 +49,13 @@ def channel_order(encoding: RayEncodingConfig) -> str:
     """The layout of the `rays` input, spelled out with this export's K and L (see nerfstudio_mobile.encoding)."""
     k, frequencies = encoding.num_points, encoding.num_frequencies
     d = 3 * k
+    depths = "t_0 = near" if k == 1 else f"t_k = near * (1 - k / {k - 1}) + far * k / {k - 1}, k = 0..{k - 1}"
     return (
-        f"rays[0, c, i, j] for the ray of grid pixel (i, j): depths t_k = near * (1 - k / {k - 1}) + far * k / {k - 1} "
-        f"for k = 0..{k - 1} (both ends included), points p_k = o + t_k * d, coordinates c[3k + a] = p_k[a] "
-        f"(a = x, y, z; D = {d}); channel f * {d} + j = sin(2^f * c[j]) and channel ({frequencies} + f) * {d} + j "
-        f"= cos(2^f * c[j]) for f = 0..{frequencies - 1} (no factor of pi), channel {2 * frequencies * d} + j = c[j]; "
-        f"{encoding.num_channels} channels, computed in float32."
+        f"rays[0, ch, i, j] for the ray (o, d) of grid pixel (i, j): depths {depths} (both ends included); "
+        f"points p_k = o + t_k * d; coordinates x[3k + a] = p_k[a] (a = 0, 1, 2 for x, y, z; D = {d}); "
+        f"for f = 0..{frequencies - 1} and m = 0..{d - 1}: channel f * {d} + m = sin(2^f * x[m]), channel "
+        f"({frequencies} + f) * {d} + m = cos(2^f * x[m]) (no factor of pi); channel {2 * frequencies * d} + m "
+        f"= x[m]. {encoding.num_channels} channels, computed in float32."
     )
 
 
@@ -102,8 +110,8 @@ class ExportFrame:
         return (1, self.encoding.num_channels, self.grid.height, self.grid.width) if mode == "rays" else (1, 4, 4)
 
     def output_shapes(self) -> dict[str, tuple[int, ...]]:
-        size = (self.output.height, self.output.width)
-        return {"rgb": (1, 3, *size), "depth": (1, 1, *size)} if self.network.predict_depth else {"rgb": (1, 3, *size)}
+        channels = {"rgb": 3, "depth": 1}
+        return {name: (1, channels[name], self.output.height, self.output.width) for name in self.output_names}
 
     def gmac_per_frame(self) -> float:
         return count_macs(self.network, self.grid.height, self.grid.width) / 1e9

@@ -17,7 +17,9 @@ from nerfstudio_mobile.network import LightFieldNetworkConfig
 
 
 @dataclass
-class TestView:
+class EvalView:
+    """A view of the scene's test split."""
+
     camera: Cameras
     """One camera in the student's (dataparser-normalised) frame."""
     image: Tensor
@@ -36,7 +38,8 @@ class Student:
     dataparser_scale: float
     train_camera: Cameras
     """Training camera 0: the export intrinsics are its intrinsics at the export size."""
-    test_views: list[TestView]
+    test_views: list[EvalView]
+    """The test split (the views `ns-eval` scores)."""
 
     @property
     def source(self) -> dict[str, str | int]:
@@ -96,7 +99,7 @@ def load_student(config_path: Path) -> Student:
         dataparser_scale=float(outputs.dataparser_scale),
         train_camera=outputs.cameras[0:1],
         test_views=[
-            TestView(camera.to("cpu"), batch["image"][..., :3].float().cpu())
+            EvalView(camera.to("cpu"), batch["image"][..., :3].float().cpu())
             for camera, batch in datamanager.fixed_indices_eval_dataloader
         ],
     )

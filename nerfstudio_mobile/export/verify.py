@@ -22,13 +22,13 @@ from nerfstudio_mobile.export.student import Student
 
 MIN_PSNR: dict[str, float] = {
     "fp32": 60.0,  # ONNX: only operator-order rounding
-    "none": 40.0,  # Core ML, fp16
+    "fp16": 40.0,
     "int8": 32.0,
     "palettize8": 32.0,
     "palettize6": 28.0,
     "palettize4": 20.0,
 }
-"""RGB PSNR floor (dB) against the torch student, per weight format."""
+"""RGB PSNR floor (dB) against the torch student, per weight format (`weights_label`; ONNX: fp32)."""
 
 
 @dataclass
