@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,13 @@ from nerfstudio_mobile.export.sidecar import COMPRESSIONS, SIDECAR_KEY, ExportFr
 from nerfstudio_mobile.export.student import Student, load_student
 from nerfstudio_mobile.export.verify import MIN_PSNR, view_cases
 
+CoreMLFiles = dict[tuple[str, str], ExportedFile]
+"""(input mode, weights) -> exported package."""
+OnnxFiles = dict[str, ExportedFile]
+
 
 @pytest.fixture(scope="module", autouse=True)
-def one_torch_thread() -> None:
+def one_torch_thread() -> Iterator[None]:
     # The programs are tiny (6x6 rays); on a loaded 2-core machine a second OpenMP thread only adds waiting.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -46,7 +51,7 @@ def frame(student: Student) -> ExportFrame:
 
 
 @pytest.fixture(scope="module")
-def coreml_files(student: Student, frame: ExportFrame, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def coreml_files(student: Student, frame: ExportFrame, tmp_path_factory: pytest.TempPathFactory) -> CoreMLFiles:
     directory = tmp_path_factory.mktemp("coreml")
     exported = export_coreml_files(student, frame, ["rays"], ["none"], directory)
     exported += export_coreml_files(student, frame, ["pose"], COMPRESSIONS, directory)
@@ -54,7 +59,7 @@ def coreml_files(student: Student, frame: ExportFrame, tmp_path_factory: pytest.
 
 
 @pytest.fixture(scope="module")
-def onnx_files(student: Student, frame: ExportFrame, tmp_path_factory: pytest.TempPathFactory) -> dict:
+def onnx_files(student: Student, frame: ExportFrame, tmp_path_factory: pytest.TempPathFactory) -> OnnxFiles:
     exported = export_onnx_files(student, frame, ["rays", "pose"], tmp_path_factory.mktemp("onnx"))
     return {file.mode: file for file in exported}
 
@@ -69,8 +74,8 @@ def test_pose_graph_matches_the_student_in_torch(student: Student, frame: Export
 
 
 @pytest.mark.parametrize("mode", ["rays", "pose"])
-def test_fp16_package_matches_torch(coreml_files: dict, frame: ExportFrame, mode: str) -> None:
-    exported: ExportedFile = coreml_files[mode, "fp16"]
+def test_fp16_package_matches_torch(coreml_files: CoreMLFiles, frame: ExportFrame, mode: str) -> None:
+    exported = coreml_files[mode, "fp16"]
     verification = exported.verification
     assert verification.problems == []
     assert verification.passed
@@ -82,14 +87,14 @@ def test_fp16_package_matches_torch(coreml_files: dict, frame: ExportFrame, mode
 
 
 @pytest.mark.parametrize("weights", ["int8", "palettize8", "palettize6", "palettize4"])
-def test_compressed_packages_verify_and_shrink(coreml_files: dict, weights: str) -> None:
+def test_compressed_packages_verify_and_shrink(coreml_files: CoreMLFiles, weights: str) -> None:
     exported = coreml_files["pose", weights]
     assert exported.verification.problems == []  # includes: weights stored in the requested format
     assert exported.verification.passed, exported.verification.failures
     assert exported.size_bytes < coreml_files["pose", "fp16"].size_bytes
 
 
-def test_smaller_palettes_give_smaller_packages(coreml_files: dict) -> None:
+def test_smaller_palettes_give_smaller_packages(coreml_files: CoreMLFiles) -> None:
     palettes = [coreml_files["pose", weights] for weights in ("fp16", "palettize8", "palettize6", "palettize4")]
     sizes = [file.size_bytes for file in palettes]
     assert sizes == sorted(sizes, reverse=True)
@@ -97,7 +102,7 @@ def test_smaller_palettes_give_smaller_packages(coreml_files: dict) -> None:
     assert psnrs == sorted(psnrs, reverse=True)
 
 
-def test_package_carries_its_sidecar_and_keeps_the_encoding_fp32(coreml_files: dict) -> None:
+def test_package_carries_its_sidecar_and_keeps_the_encoding_fp32(coreml_files: CoreMLFiles) -> None:
     from nerfstudio_mobile.export.coreml_verify import check_ops
     from nerfstudio_mobile.export.mil import dtype_name, read_package
 
@@ -112,7 +117,9 @@ def test_package_carries_its_sidecar_and_keeps_the_encoding_fp32(coreml_files: d
     assert check_ops(package) == []
 
 
-def test_sidecar_is_enough_to_build_the_rays_input(coreml_files: dict, student: Student, frame: ExportFrame) -> None:
+def test_sidecar_is_enough_to_build_the_rays_input(
+    coreml_files: CoreMLFiles, student: Student, frame: ExportFrame
+) -> None:
     """An app's job, from the JSON alone (numpy, float32): world pose -> encoded rays, equal to the student's."""
     sidecar = json.loads(coreml_files["rays", "fp16"].path.with_suffix(".json").read_text())
     camera = student.test_views[0].camera
@@ -140,7 +147,7 @@ def test_sidecar_is_enough_to_build_the_rays_input(coreml_files: dict, student: 
 
 
 def test_altered_weights_fail_verification(
-    coreml_files: dict, student: Student, frame: ExportFrame, tmp_path: Path
+    coreml_files: CoreMLFiles, student: Student, frame: ExportFrame, tmp_path: Path
 ) -> None:
     """Flip the sign of one conv-transpose's weights inside weight.bin: the interpreter reads the package, so
     the PSNR collapses and verification fails."""
@@ -179,7 +186,7 @@ def test_swapped_layer_fails_verification(student: Student, frame: ExportFrame, 
 
 
 @pytest.mark.parametrize("mode", ["rays", "pose"])
-def test_onnx_matches_torch(onnx_files: dict, mode: str) -> None:
+def test_onnx_matches_torch(onnx_files: OnnxFiles, mode: str) -> None:
     exported = onnx_files[mode]
     assert exported.verification.problems == []
     assert exported.verification.passed

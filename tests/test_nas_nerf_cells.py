@@ -135,7 +135,7 @@ def test_bad_architecture_files_are_refused(tmp_path: Path, content: str, messag
 
 
 def test_methods_are_registered_with_descriptions() -> None:
-    from nerfstudio.configs.method_configs import descriptions
+    from nerfstudio.configs.method_configs import all_descriptions as descriptions
 
     for method in ["nas-nerf", "nas-nerf-s", "nas-nerf-xs", "nas-nerf-xxs", "mobile-r2l"]:
         assert len(descriptions[method]) > 20, method

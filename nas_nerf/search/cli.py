@@ -34,20 +34,21 @@ class NASSearch(SearchConfig):
     threads: int | None = None
     """torch CPU threads of this worker (default: torch's choice); N workers on one machine: cores / N each."""
 
-    def main(self) -> None:
+    def main(self) -> dict:
+        """Search (or continue), then write the report; returns the summary (as in summary.json)."""
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search prints one line per trial itself
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         self.validate()
         if self.timing_repeats < 0 or (self.threads is not None and self.threads < 1):
             raise SearchError("--timing-repeats must be >= 0 and --threads >= 1.")
         if self.threads is not None:
             torch.set_num_threads(self.threads)
         result = Search(self, CONSOLE).run()
-        write_report(result, self, CONSOLE, self.timing_repeats)
+        return write_report(result, self, CONSOLE, self.timing_repeats)
 
 
 def entrypoint() -> None:
     tyro.extras.set_accent_color("bright_yellow")
-    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the search prints one line per trial itself
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     search = tyro.cli(NASSearch)
     try:
         search.main()

@@ -20,6 +20,7 @@ import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -58,15 +59,14 @@ def write_report(result: SearchResult, config: SearchConfig, console: Console, t
                  "run": winner.run}  # fmt: skip
         with _atomic(path) as tmp:
             save_architecture(tmp, winner.architecture.coarse, winner.architecture.fine, **extra)
-        rows.append(table_row(tier.upper(), winner.architecture, winner, result.targets.ssim[tier], milliseconds)
-                     | {"architecture_file": str(path)})  # fmt: skip
+        rows.append(table_row(tier.upper(), winner.architecture, winner, result.targets.ssim[tier], milliseconds, path))
     summary = {
         "targets": result.targets.to_dict(),
         "frame": list(frame),
         "rows": rows,
         "outcomes": {part: dict(counts) for part, counts in result.outcomes.items()},
         "pareto_front": [r.label for r in result.pareto_front()],
-        "records": [_record_dict(r) for r in result.records],
+        "records": [asdict(r) | {"trial": r.label} for r in result.records],
     }
     for name, text in (("table.md", markdown_table(rows, frame)), ("table.csv", csv_table(rows)),
                        ("summary.json", json.dumps(summary, indent=2))):  # fmt: skip
@@ -119,7 +119,12 @@ def frame_milliseconds(
 
 
 def table_row(
-    model: str, architecture: Architecture, record: Record | None, target: float | None, ms: dict[str, float]
+    model: str,
+    architecture: Architecture,
+    record: Record | None,
+    target: float | None,
+    ms: dict[str, float],
+    architecture_file: Path | None = None,
 ) -> dict:
     cost, vanilla = architecture.cost(), VANILLA.cost()
     frame_ms = ms.get(model.lower())
@@ -139,6 +144,7 @@ def table_row(
         "ssim": record.ssim if record else None,
         "target_ssim": target,
         "trial": record.label if record else None,
+        "architecture_file": str(architecture_file) if architecture_file else None,
     }
 
 
@@ -213,12 +219,6 @@ def pareto_figure(result: SearchResult, winners: dict[str, Record | None]) -> Fi
              title="NAS-NeRF search: SSIM against FLOPs")  # fmt: skip
     axes.legend(fontsize=7, loc="lower right")
     return figure
-
-
-def _record_dict(record: Record) -> dict:
-    return {"trial": record.label, "outcome": record.outcome, "cells": record.architecture.to_dict(),
-            "params": record.params, "gflops": record.gflops, "ssim": record.ssim, "psnr": record.psnr,
-            "steps": record.steps, "run": record.run}  # fmt: skip
 
 
 @contextmanager

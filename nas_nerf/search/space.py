@@ -62,7 +62,7 @@ class FieldSpace:
     """Range of D1, the layers before NeRF's skip connection."""
     depth3: tuple[int, int] = (1, 3)
     """Range of D3, the layers after the skip layer."""
-    widths: tuple[int, int] = (16, 256)
+    widths: tuple[int, int] = (8, 256)
     """Range of each width C1, C2, C3."""
     width_step: int = 8
     """Widths are searched in steps of this size from the lower bound."""
@@ -96,9 +96,9 @@ class FieldSpace:
 class SearchSpace:
     """Both field cells' ranges, the width rule and the budget."""
 
-    coarse: Unprefixed[FieldSpace] = field(default_factory=lambda: FieldSpace(widths=(8, 256)))
+    coarse: Unprefixed[FieldSpace] = field(default_factory=FieldSpace)
     """Ranges of the coarse field cell."""
-    fine: Unprefixed[FieldSpace] = field(default_factory=lambda: FieldSpace(widths=(8, 256)))
+    fine: Unprefixed[FieldSpace] = field(default_factory=FieldSpace)
     """Ranges of the fine field cell."""
     width_rule: Unprefixed[WidthRule] = "expanding"
     """The paper's structural constraints: 'uniform' (C1 = C2 = C3), 'expanding' (C1 <= C2 <= C3; uniform

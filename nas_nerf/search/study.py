@@ -84,8 +84,8 @@ class PrunerConfig:
 
 
 class BehindOnly(BasePruner):
-    """Successive halving (or Hyperband) that stops only trials behind their tier's on-track target (a negative
-    intermediate score). One on track but costlier than others is kept: only its final SSIM tells whether it
+    """Successive halving (or Hyperband) that stops only trials behind their tier's pace (a negative
+    intermediate score). One keeping pace but costlier than others is kept: only its final SSIM tells whether it
     wins, and proposals costlier than a finished trial meeting the target are never trained anyway."""
 
     def __init__(self, pruner: BasePruner) -> None:
@@ -223,9 +223,9 @@ class Goal:
     ceiling_gflops: float
 
     def target(self, step: int | None = None) -> float:
-        """The final target, or the on-track target after `step` steps."""
+        """The final target, or the tier's pace after `step` steps."""
         assert self.tier is not None and self.targets is not None
-        return self.targets.ssim[self.tier] if step is None else self.targets.on_track(self.tier, step)
+        return self.targets.ssim[self.tier] if step is None else self.targets.pace(self.tier, step)
 
     def score(self, ssim: float, step: int | None = None) -> float:
         if self.tier is None:
@@ -420,7 +420,7 @@ class Search:
         except optuna.TrialPruned:
             step, ssim = curve[-1]
             goal.constrain(trial, ssim, step)
-            note = f"[dim]pruned at {step} steps: SSIM {ssim:.4f} < on-track {goal.target(step):.4f}"
+            note = f"[dim]pruned at {step} steps: SSIM {ssim:.4f}, behind the pace {goal.target(step):.4f}"
             self._finish(trial, label, architecture, "pruned", note, ssim=ssim, psnr=last["psnr"], steps=step, run=run)
             raise
         finally:

@@ -2,8 +2,9 @@
 
 Targets come from the two boundary architectures of the space trained like any trial:
 t = SSIM_smallest + p · (SSIM_largest − SSIM_smallest), p = 0.9 (S), 0.5 (XS), 0.1 (XXS); or they are given.
-The boundaries' learning curves also give each tier an "on track" target at every evaluation step, so that
-early stopping compares a trial with where a tier architecture stands after as many steps, not at the end.
+The boundaries' learning curves also give each tier a pace: after any number of steps, the SSIM below which a
+trial has fallen behind the next tier down. Early stopping compares a trial with that pace at the same step, not
+with the final target that no trial reaches early; the slack of one tier absorbs the noise of early evaluations.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from nas_nerf.search import SearchError
 
 TIERS: tuple[str, str, str] = ("s", "xs", "xxs")
 TIER_FRACTIONS: dict[str, float] = {"s": 0.9, "xs": 0.5, "xxs": 0.1}
+PACE_FRACTIONS: dict[str, float] = {"s": 0.5, "xs": 0.1, "xxs": 0.0}
+"""The next tier down's fraction (the smallest architecture's curve below XXS)."""
 
 Curve = tuple[tuple[int, float], ...]
 """(step, SSIM) at each evaluation of one training."""
@@ -45,15 +48,17 @@ class Targets:
             raise SearchError(f"--targets S XS XXS must satisfy 0 < XXS <= XS <= S <= 1, got {s} {xs} {xxs}.")
         return cls({"s": s, "xs": xs, "xxs": xxs})
 
-    def on_track(self, tier: str, step: int) -> float:
-        """The SSIM a tier architecture is expected to have after `step` steps: the tier's fraction between the
-        boundaries' curves at that step (each curve held at its last value), or the target itself without curves."""
+    def pace(self, tier: str, step: int) -> float:
+        """The SSIM below which a trial of `tier` has fallen behind after `step` steps: the next tier down's
+        fraction between the boundaries' curves at that step (each held at its last value). Given targets have
+        no curves: the next tier's target (none below XXS)."""
         if not self.largest:
-            return self.ssim[tier]
+            lower = TIERS.index(tier) + 1
+            return self.ssim[TIERS[lower]] if lower < len(TIERS) else -math.inf
         low, high = _at(self.smallest, step), _at(self.largest, step)
         if high <= low:  # this early the boundaries are not apart yet: nobody can be judged behind
             return -math.inf
-        return low + TIER_FRACTIONS[tier] * (high - low)
+        return low + PACE_FRACTIONS[tier] * (high - low)
 
     def to_dict(self) -> dict:
         return {"ssim": self.ssim, "largest": list(map(list, self.largest)), "smallest": list(map(list, self.smallest))}
@@ -75,5 +80,5 @@ def _at(curve: Curve, step: int) -> float:
 def tier_score(ssim: float, target: float, gflops: float, ceiling_gflops: float) -> float:
     """What a tier study maximises. Meeting the target: how many decades cheaper than the largest cell of the
     space (>= 0, so smaller wins). Missing it: the SSIM shortfall (< 0, always worse than meeting it).
-    Intermediate evaluations get the same score against the on-track target: negative means behind."""
+    Intermediate evaluations get the same score against the tier's pace: negative means behind."""
     return math.log10(ceiling_gflops / gflops) if ssim >= target else ssim - target
