@@ -100,7 +100,8 @@ def markdown(result: dict) -> str:
         "",
         f"Goals ({GOALS}): {goals}.",
         "",
-        f"What ran: {setup['trials_per_tier']} trainings per tier after the two boundary runs (vanilla NeRF and "
+        f"What ran: {setup['trials_per_tier']} trainings per tier (the first 2 bisection probes, then TPE) after "
+        "the two boundary runs (vanilla NeRF and "
         f"[1,1,1]×[8,8,8] both fields), {setup['steps']} base steps (budget rule: smaller cells up to 2×), "
         f"{setup['rays_per_batch']} rays/step, {setup['num_coarse_samples']} + {setup['num_importance_samples']} "
         f"samples while searching, SSIM on {setup['eval_images']} val views at {h}×{w}; trials per study part: "

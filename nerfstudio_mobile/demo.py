@@ -136,12 +136,15 @@ def train_stage(config: TrainerConfig) -> Path:
 
     config_path = config.get_base_dir() / "config.yml"
     checkpoints = sorted(config.get_checkpoint_dir().glob("step-*.ckpt"))
-    if checkpoints and checkpoints[-1].name == f"step-{config.max_num_iterations - 1:09d}.ckpt":
+    last_step = int(checkpoints[-1].stem.removeprefix("step-")) if checkpoints else -1
+    if last_step >= config.max_num_iterations - 1:
         CONSOLE.print(f"[green]{config.experiment_name}: already trained ({config_path})")
         return config_path
     if checkpoints:
         CONSOLE.print(f"[yellow]{config.experiment_name}: resuming from {checkpoints[-1].name}")
         config.load_dir = config.get_checkpoint_dir()
+        # nerfstudio runs max_num_iterations steps *after* the loaded one: ask only for what is left
+        config.max_num_iterations -= last_step + 1
     CONSOLE.rule(f"training the {config.experiment_name} ({config.method_name}, {config.max_num_iterations} steps)")
     ns_train(config)
     return config_path

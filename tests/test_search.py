@@ -37,12 +37,14 @@ SPACE_ARGS = [
     "--coarse.depth1", "1", "2", "--coarse.depth3", "1", "1", "--coarse.widths", "8", "32",
     "--fine.depth1", "1", "2", "--fine.depth3", "1", "2", "--fine.widths", "8", "64",
 ]  # fmt: skip
+GRACE_SECONDS = 3
+"""Without a heartbeat for this long, a trial counts as killed."""
 TRAINING_ARGS = [
     "--training.rays-per-batch", "512", "--training.num-coarse-samples", "16",
     "--training.num-importance-samples", "16", "--training.lr", "2e-2", "--training.eval-images", "2",
-    "--training.max-step-factor", "1.25", "--heartbeat-interval", "1", "--grace-period", "3", "--threads", "1",
+    "--training.max-step-factor", "1.25", "--heartbeat-interval", "1", "--grace-period", str(GRACE_SECONDS),
+    "--threads", "1",
 ]  # fmt: skip
-GRACE_SECONDS = 3
 MAX_GFLOPS = 42.0
 """Cuts the top of the test space (the largest cells cost 50 GFLOPs)."""
 TRIALS_PER_TIER = 1
@@ -53,11 +55,12 @@ def search_args(output_dir: Path, scene: Path, *extra: str) -> list[str]:
     return ["--data", str(scene), "--output-dir", str(output_dir), *SPACE_ARGS, *TRAINING_ARGS, *extra]
 
 
-def start_search(args: list[str]) -> subprocess.Popen[str]:
-    """`ns-nas-search` as its own process."""
+def start_search(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+    """`ns-nas-search` as its own process, printing to `log` (a pipe nobody reads could fill up and block it)."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     command = [sys.executable, "-m", "nas_nerf.search.cli", *args]
-    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    with log.open("w") as output:
+        return subprocess.Popen(command, env=env, stdout=output, stderr=subprocess.STDOUT)
 
 
 def search_in_process(args: list[str]) -> str:
@@ -70,9 +73,9 @@ def search_in_process(args: list[str]) -> str:
     return output.getvalue()
 
 
-def wait_until(condition: Callable[[], object], process: subprocess.Popen[str], timeout: float = 240) -> object:
+def wait_until(condition: Callable[[], object], process: subprocess.Popen[bytes], log: Path) -> object:
     """Poll `condition` (on the search database) until it holds, while the process runs."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + 240
     while process.poll() is None and time.monotonic() < deadline:
         try:
             if found := condition():
@@ -80,7 +83,7 @@ def wait_until(condition: Callable[[], object], process: subprocess.Popen[str], 
         except Exception:  # the search has not created its database yet
             pass
         time.sleep(0.5)
-    raise AssertionError(f"condition never held:\n{process.communicate()[0] if process.poll() is not None else ''}")
+    raise AssertionError(f"condition never held (exit code {process.poll()}):\n{log.read_text()[-3000:]}")
 
 
 def studies(output_dir: Path) -> dict[str, optuna.Study]:
@@ -113,7 +116,8 @@ def resumed_search(synthetic_scene: Path, tmp_path_factory: pytest.TempPathFacto
         output_dir, synthetic_scene, "--training.steps", "120", "--trials-per-tier", str(TRIALS_PER_TIER),
         "--max-gflops", str(MAX_GFLOPS), "--seed", "0", "--timing-repeats", "1",
     )  # fmt: skip
-    first = start_search(args)
+    first_log = output_dir.parent / "first.log"
+    first = start_search(args, first_log)
 
     def training_tier_trial() -> tuple[str, int] | None:
         for part, study in studies(output_dir).items():
@@ -122,7 +126,7 @@ def resumed_search(synthetic_scene: Path, tmp_path_factory: pytest.TempPathFacto
                 return part, running[0]
         return None
 
-    killed = wait_until(training_tier_trial, first)
+    killed = wait_until(training_tier_trial, first, first_log)
     first.send_signal(signal.SIGKILL)
     first.wait()
     before = {
@@ -218,10 +222,12 @@ def test_two_workers_share_one_study(synthetic_scene: Path, tmp_path: Path) -> N
         output_dir, synthetic_scene, "--training.steps", "30", "--trials-per-tier", "2",
         "--targets", "0.99", "0.98", "0.97", "--timing-repeats", "0",
     )  # fmt: skip
-    other = start_search(args)
-    wait_until(lambda: studies(output_dir), other)  # the second worker joins a search under way
-    logs = [search_in_process(args), other.communicate(timeout=300)[0]]
-    assert other.returncode == 0, logs[1]
+    other_log = tmp_path / "other.log"
+    other = start_search(args, other_log)
+    wait_until(lambda: studies(output_dir), other, other_log)  # the second worker joins a search under way
+    logs = [search_in_process(args)]
+    assert other.wait(timeout=300) == 0, other_log.read_text()
+    logs.append(other_log.read_text())
     ran = [set(LABEL.findall(log)) for log in logs]
     assert ran[0] and ran[1] and not ran[0] & ran[1]  # both worked, never on the same trial
     all_trials = set()

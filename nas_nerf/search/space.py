@@ -20,6 +20,7 @@ from nas_nerf.complexity import ModelComplexity, model_complexity
 from nas_nerf.search import SearchError
 
 WidthRule = Literal["free", "uniform", "expanding"]
+WidthSpacing = Literal["log", "linear"]
 FIELDS: tuple[str, str] = ("coarse", "fine")
 BOUNDARIES: tuple[str, str] = ("largest", "smallest")
 
@@ -65,7 +66,7 @@ class FieldSpace:
     widths: tuple[int, int] = (8, 256)
     """Range of each width C1, C2, C3."""
     width_step: int = 8
-    """Widths are searched in steps of this size from the lower bound."""
+    """Widths are multiples of this step above the lower bound."""
 
     def validate(self, name: str) -> None:
         for label, bounds in (("depth1", self.depth1), ("depth3", self.depth3), ("widths", self.widths)):
@@ -81,15 +82,15 @@ class FieldSpace:
                 f"({high} - {low} = {high - low}), so that both bounds are searched."
             )
 
-    def distributions(self, prefix: str, rule: WidthRule) -> dict[str, tuple[int, int, int]]:
-        """Optuna integer parameters (low, high, step) of this field."""
-        width = (*self.widths, self.width_step)
-        names = ["c"] if rule == "uniform" else ["c1", "c2", "c3"]
-        return {
-            f"{prefix}_d1": (*self.depth1, 1),
-            f"{prefix}_d3": (*self.depth3, 1),
-            **{f"{prefix}_{name}": width for name in names},
-        }
+    def width_grid(self, spacing: WidthSpacing) -> list[int]:
+        """The widths searched, ascending: every step of the range ('linear'), or as many as that spaced evenly
+        in log scale and snapped to the step ('log': 8, 16, 24, 32, 48, 64, 96, 128, 192, 256-like)."""
+        low, high = self.widths
+        count = (high - low) // self.width_step + 1
+        if spacing == "linear" or count < 3:
+            return list(range(low, high + 1, self.width_step))
+        ideal = [low * (high / low) ** (i / (count - 1)) for i in range(count)]
+        return sorted({low + self.width_step * round((w - low) / self.width_step) for w in ideal})
 
 
 @dataclass
@@ -103,6 +104,9 @@ class SearchSpace:
     width_rule: Unprefixed[WidthRule] = "expanding"
     """The paper's structural constraints: 'uniform' (C1 = C2 = C3), 'expanding' (C1 <= C2 <= C3; uniform
     cells included) or 'free'."""
+    width_spacing: Unprefixed[WidthSpacing] = "log"
+    """How the searched widths are spread over each range: 'log' gives small cells as many choices as large
+    ones (the tiers span some 20× in FLOPs), 'linear' takes every step."""
     max_params: Unprefixed[int | None] = None
     """Reject (never train) architectures with more parameters (coarse + fine)."""
     max_gflops: Unprefixed[float | None] = None
@@ -111,50 +115,59 @@ class SearchSpace:
     def validate(self) -> None:
         self.coarse.validate("coarse")
         self.fine.validate("fine")
-        if self.width_rule not in ("free", "uniform", "expanding"):
-            raise SearchError(f"--width-rule must be free, uniform or expanding, got {self.width_rule!r}.")
+        if self.width_rule not in ("free", "uniform", "expanding") or self.width_spacing not in ("log", "linear"):
+            raise SearchError(
+                f"--width-rule must be free, uniform or expanding and --width-spacing log or linear, got "
+                f"{self.width_rule!r} and {self.width_spacing!r}."
+            )
         if self.max_params is not None and self.max_params < 1:
             raise SearchError(f"--max-params must be positive, got {self.max_params}.")
         if self.max_gflops is not None and self.max_gflops <= 0:
             raise SearchError(f"--max-gflops must be positive, got {self.max_gflops}.")
 
-    def distributions(self) -> dict[str, tuple[int, int, int]]:
-        return {
-            **self.coarse.distributions("coarse", self.width_rule),
-            **self.fine.distributions("fine", self.width_rule),
-        }
+    def _fields(self) -> dict[str, FieldSpace]:
+        return {"coarse": self.coarse, "fine": self.fine}
+
+    def _width_names(self, prefix: str) -> list[str]:
+        return [f"{prefix}_c"] if self.width_rule == "uniform" else [f"{prefix}_c{i}" for i in (1, 2, 3)]
+
+    def distributions(self) -> dict[str, tuple[int, int]]:
+        """Optuna integer parameters (low, high): depths, and widths as indices into each field's width grid."""
+        params: dict[str, tuple[int, int]] = {}
+        for prefix, space in self._fields().items():
+            params.update({f"{prefix}_d1": space.depth1, f"{prefix}_d3": space.depth3})
+            last = len(space.width_grid(self.width_spacing)) - 1
+            params.update({name: (0, last) for name in self._width_names(prefix)})
+        return params
 
     def suggest(self, trial: optuna.Trial) -> dict[str, int]:
-        return {
-            name: trial.suggest_int(name, low, high, step=step)
-            for name, (low, high, step) in self.distributions().items()
-        }
+        return {name: trial.suggest_int(name, low, high) for name, (low, high) in self.distributions().items()}
 
     def decode(self, params: dict[str, int]) -> Architecture:
         """The cells that Optuna parameters stand for; 'expanding' sorts the three sampled widths."""
 
-        def cell(prefix: str) -> FieldCellConfig:
-            if self.width_rule == "uniform":
-                widths = [params[f"{prefix}_c"]] * 3
-            else:
-                widths = [params[f"{prefix}_c{i}"] for i in (1, 2, 3)]
+        def cell(prefix: str, space: FieldSpace) -> FieldCellConfig:
+            grid = space.width_grid(self.width_spacing)
+            widths = [grid[params[name]] for name in self._width_names(prefix)] * (
+                3 if self.width_rule == "uniform" else 1
+            )
             if self.width_rule == "expanding":
                 widths.sort()
             return FieldCellConfig((params[f"{prefix}_d1"], 1, params[f"{prefix}_d3"]), tuple(widths))  # type: ignore[arg-type]
 
-        return Architecture(cell("coarse"), cell("fine"))
+        return Architecture(*(cell(prefix, space) for prefix, space in self._fields().items()))
 
     def boundary_params(self, boundary: str) -> dict[str, int]:
         """Parameters of the smallest architecture (every depth and width at its minimum) or of the largest one
-        within the budget (every depth at its maximum, uniform widths shrunk step by step from the maximum)."""
+        within the budget (every depth at its maximum, uniform widths shrunk down the grid from the maximum)."""
         smallest = self._corner(largest=False)
         excess, why = self.over_budget(self.decode(smallest))
         if excess > 0:
             raise SearchError(f"Even the smallest architecture {self.decode(smallest)} is over budget: {why}.")
         if boundary == "smallest":
             return smallest
-        most_steps = max((space.widths[1] - space.widths[0]) // space.width_step for space in (self.coarse, self.fine))
-        for shrink in range(most_steps + 1):
+        most_steps = max(len(space.width_grid(self.width_spacing)) for space in self._fields().values())
+        for shrink in range(most_steps):
             params = self._corner(largest=True, shrink=shrink)
             excess, why = self.over_budget(self.decode(params))
             if excess <= 0:
@@ -164,16 +177,33 @@ class SearchSpace:
             "raise --max-params / --max-gflops or lower the depth ranges."
         )
 
+    def diagonal(self) -> list[dict[str, int]]:
+        """Parameters of the cells from the smallest to the largest of the ranges with every depth and the
+        (uniform) widths growing together, one grid step at a time: a line through the space along which
+        FLOPs grow, and SSIM mostly too, so that a target can be bracketed by bisection."""
+        fields = self._fields()
+        steps = max(len(space.width_grid(self.width_spacing)) for space in fields.values()) - 1
+        points: list[dict[str, int]] = []
+        for k in range(steps + 1):
+            params: dict[str, int] = {}
+            for prefix, space in fields.items():
+                for name, (low, high) in (("d1", space.depth1), ("d3", space.depth3)):
+                    params[f"{prefix}_{name}"] = round(low + (high - low) * k / max(steps, 1))
+                width = round((len(space.width_grid(self.width_spacing)) - 1) * k / max(steps, 1))
+                params.update({name: width for name in self._width_names(prefix)})
+            if not points or params != points[-1]:
+                points.append(params)
+        return points
+
     def _corner(self, largest: bool, shrink: int = 0) -> dict[str, int]:
-        """Depths at their maximum (largest) or minimum; each field's widths all equal to its maximum less
-        `shrink` steps (largest) or its minimum."""
+        """Depths at their maximum (largest) or minimum; each field's widths all equal to its largest less
+        `shrink` grid steps (largest) or its smallest."""
         params: dict[str, int] = {}
-        for prefix, space in zip(FIELDS, (self.coarse, self.fine), strict=True):
+        for prefix, space in self._fields().items():
             end = 1 if largest else 0
-            low, high = space.widths
-            width = max(low, high - shrink * space.width_step) if largest else low
+            width = max(0, len(space.width_grid(self.width_spacing)) - 1 - shrink) if largest else 0
             params.update({f"{prefix}_d1": space.depth1[end], f"{prefix}_d3": space.depth3[end]})
-            params.update({name: width for name in self.distributions() if name.startswith(f"{prefix}_c")})
+            params.update({name: width for name in self._width_names(prefix)})
         return params
 
     def over_budget(self, architecture: Architecture) -> tuple[float, str]:

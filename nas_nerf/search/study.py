@@ -6,8 +6,10 @@ and `<study>.xxs`.
 * one study per tier: constrained TPE (or NSGA-II) maximises `tier_score`, i.e. the fewest FLOPs subject to
   SSIM >= the tier's target (`trial.set_constraint`), and successive halving prunes on the same score at
   intermediate evaluations. A tier study starts warm: every architecture already trained is replayed into it
-  at no cost, and an architecture trained once (in any study) is never trained again. Each tier's winner is
-  read off all finished trials of all studies, so tiers nest: XXS <= XS <= S in FLOPs.
+  at no cost, its first trainings bisect the space's diagonal to bracket the target's size, and an
+  architecture trained once (in any study) is never trained again, nor one costlier than a known architecture
+  meeting the target. Each tier's winner is read off all finished trials of all studies, so tiers nest:
+  XXS <= XS <= S in FLOPs.
 * resuming and many workers: finished trials live in the storage; heartbeats mark trials of a killed worker
   failed, and RetryHeartbeatStaleTrialCallback queues them again; budgets count finished trials of the whole study,
   so a second run of the same command continues it and N workers share it.
@@ -16,6 +18,7 @@ and `<study>.xxs`.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -120,6 +123,11 @@ class SearchConfig:
     pruner: PrunerConfig = field(default_factory=PrunerConfig)
     sampler: Literal["tpe", "nsga2"] = "tpe"
     """Constrained TPE, or NSGA-II (constrained domination); both read each trial's constraints."""
+    bisection_probes: int = 2
+    """Trainings each tier spends first bisecting the diagonal of the space (depths and uniform widths growing
+    together from the smallest to the largest cells) between the largest cells known to miss its target and
+    the cheapest known to meet it: a few trainings bracket the target's size, which a sampler starting from
+    nothing in 10 dimensions cannot do on a budget of a handful of trials. The sampler refines from there."""
     startup_trials: int = 4
     """Proposals before the sampler models anything (TPE's random start-up; NSGA-II's population size)."""
     heartbeat_interval: int = 20
@@ -137,8 +145,15 @@ class SearchConfig:
             Targets.given(*self.targets)
         if not (Path(self.data) / "transforms_train.json").is_file():
             raise SearchError(f"--data {self.data} is not a Blender-format scene (no transforms_train.json).")
-        if self.trials_per_tier < 0 or self.startup_trials < 2 or self.heartbeat_interval < 1:
-            raise SearchError("--trials-per-tier must be >= 0, --startup-trials >= 2, --heartbeat-interval >= 1.")
+        if (
+            min(self.trials_per_tier, self.bisection_probes) < 0
+            or self.startup_trials < 2
+            or self.heartbeat_interval < 1
+        ):
+            raise SearchError(
+                "--trials-per-tier and --bisection-probes must be >= 0, --startup-trials >= 2, "
+                "--heartbeat-interval >= 1."
+            )
         if self.sampler not in ("tpe", "nsga2"):
             raise SearchError(f"--sampler must be tpe or nsga2, got {self.sampler!r}.")
 
@@ -322,12 +337,15 @@ class Search:
             budget = self.config.trials_per_tier
             return trained >= budget or len(proposed) >= PROPOSALS_PER_TRIAL * budget
 
-        def stop_when_spent(study: optuna.Study, _: FrozenTrial) -> None:
+        def next_or_stop(study: optuna.Study, _: FrozenTrial | None = None) -> None:
             if budget_spent():
                 study.stop()
+            else:
+                self._queue_probe(study, targets.ssim[tier])
 
         if not budget_spent():
-            study.optimize(self._objective(tier, targets), callbacks=[stop_when_spent])
+            next_or_stop(study)
+            study.optimize(self._objective(tier, targets), callbacks=[next_or_stop])
 
     def _warm_start(self, study: optuna.Study) -> None:
         """Queue every architecture already evaluated: replays cost nothing and give the sampler a model
@@ -339,6 +357,30 @@ class Search:
             self.progress.console.print(
                 f"[dim]{study.study_name} starts from the {len(records)} architectures evaluated so far (replayed)"
             )
+
+    def _queue_probe(self, study: optuna.Study, target: float) -> None:
+        """Once the replays are done, queue the tier's next bisection probe, until it has had its share: the
+        diagonal cells halfway between the largest known to miss the target and the cheapest anything known to
+        meet it (none when that interval holds no untried cell)."""
+        trials = study.get_trials(deepcopy=False)
+        probes = sum(bool(t.user_attrs.get("probe")) for t in trials if t.state != TrialState.FAIL)  # retries: once
+        if probes >= self.config.bisection_probes or any(t.state == TrialState.WAITING for t in trials):
+            return
+        space, records = self.config.space, self._records()
+        known = {r.architecture.key: r.ssim for r in records}
+        diagonal = [(params, space.decode(params)) for params in space.diagonal()]
+        missed = [k for k, (_, a) in enumerate(diagonal) if known.get(a.key, math.inf) < target]
+        incumbent = cheapest_meeting(records, target)
+        untried = [
+            params
+            for k, (params, a) in enumerate(diagonal)
+            if k > max(missed, default=-1)
+            and a.key not in known
+            and (incumbent is None or a.cost().paper_flops / 1e9 < incumbent.gflops)
+            and space.over_budget(a)[0] <= 0
+        ]
+        if untried:
+            study.enqueue_trial(untried[len(untried) // 2], user_attrs={"probe": True}, skip_if_exists=True)
 
     def _wait_for_other_workers(self) -> None:
         """Report only once trials of other workers have finished (or been found dead)."""
