@@ -136,9 +136,7 @@ def main(args: Args) -> None:
             times[name].append(time.perf_counter() - start)
     for row in rows:
         samples = times[row["path"]]
-        row |= dict(
-            median_ms=1e3 * statistics.median(samples), min_ms=1e3 * min(samples), max_ms=1e3 * max(samples)
-        )
+        row |= dict(median_ms=1e3 * statistics.median(samples), min_ms=1e3 * min(samples), max_ms=1e3 * max(samples))
         print(f"{row['path']:45s} {row['median_ms']:8.1f} ms (min {row['min_ms']:.1f})")
     baseline = rows[0]["median_ms"]
     macs = count_macs(args.network, *args.grid)

@@ -37,9 +37,7 @@ class FieldCellConfig:
                 f"got depths={list(depths)} channels={list(channels)}."
             )
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in depths + channels):
-            raise ValueError(
-                f"{name}: depths and channels must be integers, got {list(depths)} {list(channels)}."
-            )
+            raise ValueError(f"{name}: depths and channels must be integers, got {list(depths)} {list(channels)}.")
         if depths[0] < 1 or depths[2] < 1 or depths[1] != 1:
             raise ValueError(
                 f"{name}: depths must be [D1, 1, D3] with D1 >= 1 and D3 >= 1 (the middle stage is NeRF's "
@@ -78,9 +76,7 @@ def load_architecture(path: Path) -> tuple[FieldCellConfig, FieldCellConfig]:
     {"coarse": {"depths": [D1, 1, D3], "channels": [C1, C2, C3]}, "fine": {...}, ...}."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"Architecture file {path} does not exist (expected a JSON from ns-nas-search)."
-        )
+        raise FileNotFoundError(f"Architecture file {path} does not exist (expected a JSON from ns-nas-search).")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:

@@ -48,10 +48,7 @@ class ModelComplexity:
 
     @property
     def flops_per_ray(self) -> int:
-        return (
-            self.coarse_samples * self.coarse.flops_per_sample
-            + self.fine_samples * self.fine.flops_per_sample
-        )
+        return self.coarse_samples * self.coarse.flops_per_sample + self.fine_samples * self.fine.flops_per_sample
 
     @property
     def paper_flops(self) -> int:
@@ -79,9 +76,7 @@ def model_complexity(
 def cells_from_run(config_path: Path) -> tuple[FieldCellConfig, FieldCellConfig, int, int]:
     """The cells and sample counts of a trained `nas-nerf` run, read from its config.yml."""
     if not Path(config_path).is_file():
-        raise FileNotFoundError(
-            f"{config_path} does not exist: pass the config.yml of a trained nas-nerf run."
-        )
+        raise FileNotFoundError(f"{config_path} does not exist: pass the config.yml of a trained nas-nerf run.")
     config = yaml.load(Path(config_path).read_text(), Loader=yaml.Loader)
     model = getattr(getattr(config, "pipeline", None), "model", None)
     if not hasattr(model, "coarse_cell"):
@@ -119,9 +114,7 @@ def complexity_table(
     """One row per (name, coarse cell, fine cell, coarse samples, importance samples), ratios against NeRF."""
     vanilla = model_complexity(FieldCellConfig(), FieldCellConfig())
     h, w = frame
-    table = Table(
-        title="NAS-NeRF complexity (FLOPs: 2·in·out + out per layer; paper = 2048 rays × (64 + 193))"
-    )
+    table = Table(title="NAS-NeRF complexity (FLOPs: 2·in·out + out per layer; paper = 2048 rays × (64 + 193))")
     columns = [
         "architecture",
         "coarse cell",

@@ -51,9 +51,7 @@ def nas_nerf_trainer(method_name: str, coarse: FieldCellConfig, fine: FieldCellC
 
 def _spec(tier: str, description: str) -> MethodSpecification:
     name = "nas-nerf" if tier == "nerf" else f"nas-nerf-{tier}"
-    return MethodSpecification(
-        config=nas_nerf_trainer(name, *PAPER_LEGO_CELLS[tier]), description=description
-    )
+    return MethodSpecification(config=nas_nerf_trainer(name, *PAPER_LEGO_CELLS[tier]), description=description)
 
 
 nas_nerf = _spec(
@@ -63,6 +61,4 @@ nas_nerf = _spec(
 )
 nas_nerf_s = _spec("s", "NAS-NeRF S tier (paper's Lego cells, 0.39M params, ~2.2x fewer FLOPs than NeRF).")
 nas_nerf_xs = _spec("xs", "NAS-NeRF XS tier (paper's Lego cells, 0.09M params, ~9.7x fewer FLOPs than NeRF).")
-nas_nerf_xxs = _spec(
-    "xxs", "NAS-NeRF XXS tier (paper's Lego cells, 0.05M params, ~20x fewer FLOPs than NeRF)."
-)
+nas_nerf_xxs = _spec("xxs", "NAS-NeRF XXS tier (paper's Lego cells, 0.05M params, ~20x fewer FLOPs than NeRF).")

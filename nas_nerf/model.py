@@ -84,9 +84,7 @@ class NASNeRFModel(Model):
 
     def _render(self, field_: CellField, samples: RaySamples) -> tuple[dict[str, Tensor], Tensor]:
         # nerfstudio's trainer turns mixed precision off on CPUs, so the model opts in itself.
-        with torch.autocast(
-            "cpu", dtype=torch.bfloat16, enabled=self.config.cpu_bf16 and self.device.type == "cpu"
-        ):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.cpu_bf16 and self.device.type == "cpu"):
             outputs = {name: value.float() for name, value in field_(samples).items()}
         weights = samples.get_weights(outputs[FieldHeadNames.DENSITY])
         rendered = {
@@ -140,9 +138,7 @@ class NASNeRFModel(Model):
         return metrics, images
 
 
-def image_metrics(
-    image: Tensor, prediction: Tensor, lpips: torch.nn.Module | None = None
-) -> dict[str, float]:
+def image_metrics(image: Tensor, prediction: Tensor, lpips: torch.nn.Module | None = None) -> dict[str, float]:
     """PSNR, SSIM (torchmetrics, data_range 1.0) and LPIPS when available, for [H, W, 3] images in [0, 1]."""
     gt, pred = image.permute(2, 0, 1)[None].float(), prediction.permute(2, 0, 1)[None].float().clamp(0, 1)
     mse = torch.mean((gt - pred) ** 2)

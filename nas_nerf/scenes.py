@@ -265,9 +265,7 @@ class _Box(_Primitive):
 class _Cylinder(_Primitive):
     """Capped cylinder with a vertical (world z) axis."""
 
-    def __init__(
-        self, center_xy: tuple[float, float], radius: float, z0: float, z1: float, texture: TextureFn
-    ) -> None:
+    def __init__(self, center_xy: tuple[float, float], radius: float, z0: float, z1: float, texture: TextureFn) -> None:
         self.cx, self.cy = center_xy
         self.radius, self.z0, self.z1, self.texture = radius, z0, z1, texture
         self.lo = (self.cx - radius, self.cy - radius, z0)
@@ -324,9 +322,7 @@ def _tex_ball(p: Tensor, n: Tensor) -> Tensor:
     """Purple / pale checkerboard in latitude-longitude."""
     lon = torch.atan2(n[:, 1], n[:, 0])
     lat = torch.asin(n[:, 2].clamp(-1.0, 1.0))
-    return _lerp(
-        _rgb(0.95, 0.90, 0.95), _rgb(0.45, 0.18, 0.65), _checker(lon / (math.pi / 5), lat / (math.pi / 6))
-    )
+    return _lerp(_rgb(0.95, 0.90, 0.95), _rgb(0.45, 0.18, 0.65), _checker(lon / (math.pi / 5), lat / (math.pi / 6)))
 
 
 _FACE_COLOURS = torch.tensor(
@@ -665,9 +661,9 @@ def _existing_state(path: Path, config: SceneConfig) -> tuple[str, str]:
     expected = _scene_record(config)
     if record != expected:
         old = record.get("config", {}) if isinstance(record, dict) else {}
-        diffs = [
-            f"{k}: {old.get(k)!r} -> {v!r}" for k, v in expected["config"].items() if old.get(k) != v
-        ] or ["generator format version"]
+        diffs = [f"{k}: {old.get(k)!r} -> {v!r}" for k, v in expected["config"].items() if old.get(k) != v] or [
+            "generator format version"
+        ]
         return "other", "it holds a scene made with a different config (" + "; ".join(diffs) + ")"
     for split in SPLITS:
         try:
@@ -745,8 +741,7 @@ def generate_scene(config: SceneConfig) -> Path:
     if state == "other":
         if not config.overwrite:
             raise FileExistsError(
-                f"{out} already exists and {reason}. Pass --overwrite to replace it, "
-                f"or choose another --output-dir."
+                f"{out} already exists and {reason}. Pass --overwrite to replace it, or choose another --output-dir."
             )
         if not _looks_like_dataset(out):
             raise FileExistsError(

@@ -450,9 +450,7 @@ class PseudoViewDataset(Dataset[PseudoView]):
         return None
 
 
-def encode_view(
-    rgb: np.ndarray, depth: np.ndarray, c2w: np.ndarray, accumulation: np.ndarray | None = None
-) -> bytes:
+def encode_view(rgb: np.ndarray, depth: np.ndarray, c2w: np.ndarray, accumulation: np.ndarray | None = None) -> bytes:
     """Archive bytes of one view (uint8 rgb [H, W, 3], float16 depth [H, W], float32 c2w [3, 4], uint8
     accumulation [H, W] or None); deterministic for equal inputs."""
     png = io.BytesIO()

@@ -5,7 +5,7 @@
         ─► summary table, ground truth | teacher | student picture, turntable GIF by the student
 
 Every stage is resumable: finished stages are skipped, an interrupted training resumes from its last
-checkpoint. `--data` takes a real Blender-format scene instead of the generated one.
+checkpoint. `--data` takes a real Blender, nerfstudio or LLFF scene instead of the generated one.
 """
 
 from __future__ import annotations
@@ -30,13 +30,15 @@ from rich.console import Console
 from rich.table import Table
 
 from nas_nerf.cell import FieldCellConfig
+from nas_nerf.complexity import model_complexity
 from nas_nerf.configs import nas_nerf_trainer
 from nas_nerf.llff import LLFFDataParserConfig
 from nas_nerf.runs import load_run
 from nas_nerf.scenes import SceneConfig, generate_scene
 from nerfstudio_mobile.configs import mobile_r2l_trainer
 from nerfstudio_mobile.datamanager import pinhole_cameras
-from nerfstudio_mobile.network import LightFieldNetworkConfig, prepare_for_inference
+from nerfstudio_mobile.export.errors import MissingDependencyError
+from nerfstudio_mobile.network import LightFieldNetworkConfig, count_macs, prepare_for_inference
 from nerfstudio_mobile.views import SphereViewSampler
 
 CONSOLE = Console()
@@ -49,7 +51,10 @@ class Demo:
     output_dir: Path = Path("demo")
     """Where everything goes (scene, runs, exports, pictures). Re-running resumes."""
     data: Path | None = None
-    """A Blender-format scene (transforms_train/val/test.json); default: one rendered by this package."""
+    """A Blender (transforms_train.json), nerfstudio (transforms.json) or LLFF (poses_bounds.npy) scene; default:
+    one rendered by this package."""
+    llff_downscale: int = 8
+    """LLFF scenes: read images_<N> (the poses are for full resolution)."""
     scene: SceneConfig = field(default_factory=lambda: SceneConfig(image_size=96, num_train=60, num_test=8))
     """The generated scene (ignored with --data)."""
     teacher_steps: int = 2000
@@ -70,9 +75,11 @@ class Demo:
         teacher_config = train_stage(self.teacher_config(data, root))
         student_config = train_stage(self.student_config(teacher_config, root))
         summary = evaluate(teacher_config, student_config, root)
+        summary["exports"] = export_student(student_config, root / "export")
         summary["total_minutes"] = (time.perf_counter() - started) / 60
         (root / "summary.json").write_text(json.dumps(summary, indent=2))
         CONSOLE.print(summary_table(summary))
+        CONSOLE.print(full_scale_line(summary["full_scale_hours"]))
         CONSOLE.print(
             f"Pictures: {root / 'comparison.png'} and {root / 'turntable.gif'}; numbers: {root / 'summary.json'}"
         )
@@ -81,7 +88,7 @@ class Demo:
         config = nas_nerf_trainer("nas-nerf", self.teacher_coarse, self.teacher_fine)
         model = config.pipeline.model
         model.num_coarse_samples, model.num_importance_samples = 32, 64
-        config.pipeline.datamanager.dataparser, near_far = dataparser_for(data)
+        config.pipeline.datamanager.dataparser, near_far = dataparser_for(data, self.llff_downscale)
         model.collider_params = {"near_plane": near_far[0], "far_plane": near_far[1]}
         config.pipeline.datamanager.data = data
         config.pipeline.datamanager.train_num_rays_per_batch = self.teacher_rays
@@ -100,14 +107,14 @@ class Demo:
         return _quiet(config, root, "student", self.student_steps)
 
 
-def dataparser_for(data: Path) -> tuple[DataParserConfig, tuple[float, float]]:
+def dataparser_for(data: Path, llff_downscale: int = 8) -> tuple[DataParserConfig, tuple[float, float]]:
     """The dataparser a scene folder needs, and the near/far that suits its normalised frame."""
     if (data / "transforms_train.json").is_file():  # Blender: cameras at radius ~4 around the object
         return BlenderDataParserConfig(data=data), (2.0, 6.0)
     if (data / "transforms.json").is_file():  # nerfstudio / instant-ngp: poses scaled into [-1, 1]
         return NerfstudioDataParserConfig(data=data), (0.05, 4.0)
     if (data / "poses_bounds.npy").is_file():  # LLFF: the parser's bounds override this near/far
-        return LLFFDataParserConfig(data=data), (1.0, 6.0)
+        return LLFFDataParserConfig(data=data, downscale_factor=llff_downscale), (1.0, 6.0)
     raise ValueError(
         f"{data} is not a Blender (transforms_train.json), nerfstudio (transforms.json) or LLFF (poses_bounds.npy) "
         "scene; convert it with ns-process-data first."
@@ -175,9 +182,76 @@ def evaluate(teacher_config: Path, student_config: Path, root: Path) -> dict:
     summary["speedup"] = summary["teacher"]["ms_per_frame"] / summary["student"]["ms_per_frame"]
     summary["frame"] = [int(camera.height), int(camera.width)]
     summary["student"]["params"] = sum(p.numel() for p in model.network.parameters())
+    summary["full_scale_hours"] = full_scale_hours(teacher, student, summary)
     write_comparison(teacher, student, root / "comparison.png")
     write_turntable(student, root / "turntable.gif")
     return summary
+
+
+def export_student(student_config: Path, directory: Path) -> list[dict]:
+    """The phone packages: Core ML (fp16 and 4-bit palettized) and ONNX, pose input, each verified against torch."""
+    from nerfstudio_mobile.export.cli import CoreMLExport, OnnxExport
+
+    modes = ("pose",)  # re-running the demo refreshes the packages: overwrite
+    exports = [
+        CoreMLExport(student_config, directory / "coreml", modes, overwrite=True, compressions=("none", "palettize4")),
+        OnnxExport(student_config, directory / "onnx", modes, overwrite=True),
+    ]
+    try:
+        exported = [file for export in exports for file in export.run()]
+    except MissingDependencyError as error:  # the export extra is optional; the rest of the demo is not
+        CONSOLE.print(f"[yellow]Export skipped: {error}")
+        return []
+    return [{"file": str(file.path), "weights": file.weights, "megabytes": file.size_bytes / 1e6,
+             "verified": file.verification.passed} for file in exported]  # fmt: skip
+
+
+# The paper's recipe (DESIGN.md): a vanilla-NeRF teacher trained nerfstudio's Blender budget, 10k pseudo
+# views (8k forward-facing), a width-256 N=28 student trained 600k steps on 54 images (36 forward-facing).
+PAPER_TEACHER_STEPS, PAPER_TEACHER_RAYS = 16_000, 1024
+PAPER_VIEWS = {8: 10_000, 12: 8_000}
+PAPER_BATCH = {8: 54, 12: 36}
+PAPER_FRAME = {8: (800, 800), 12: (756, 1008)}
+PAPER_STUDENT_STEPS = 600_000
+TRAIN_COST = 3  # a training step costs ~3 forward passes (forward, and backward to inputs and weights)
+
+
+def full_scale_hours(teacher: Pipeline, student: Pipeline, summary: dict) -> dict[str, float]:
+    """How long the paper-scale run would take on this machine, extrapolated from this run's measured frame times
+    by FLOPs (teacher) and MACs (student)."""
+    h, w = summary["frame"]
+    teacher_cells = teacher.model.config
+    measured = model_complexity(teacher_cells.coarse_cell, teacher_cells.fine_cell,
+                                teacher_cells.num_coarse_samples, teacher_cells.num_importance_samples)  # fmt: skip
+    seconds_per_flop = summary["teacher"]["ms_per_frame"] / 1000 / measured.frame_flops(h, w)
+    vanilla = model_complexity(FieldCellConfig(), FieldCellConfig())
+    network = student.model.network.config
+    scale = int(np.prod(network.upscale_factors))
+    full_h, full_w = PAPER_FRAME[scale]
+    seconds_per_mac = summary["student"]["ms_per_frame"] / 1000 / count_macs(network, -(-h // scale), -(-w // scale))
+    paper_network = LightFieldNetworkConfig(upscale_factors=network.upscale_factors)
+    student_frame = seconds_per_mac * count_macs(paper_network, full_h // scale, full_w // scale)
+    seconds = {
+        "teacher": PAPER_TEACHER_STEPS * PAPER_TEACHER_RAYS * vanilla.flops_per_ray * TRAIN_COST * seconds_per_flop,
+        "pseudo_views": PAPER_VIEWS[scale] * vanilla.frame_flops(full_h, full_w) * seconds_per_flop,
+        "student": PAPER_STUDENT_STEPS * PAPER_BATCH[scale] * TRAIN_COST * student_frame,
+    }
+    return {stage: value / 3600 for stage, value in seconds.items()}
+
+
+def _duration(hours: float) -> str:
+    if hours < 48:
+        return f"{hours:.1f} h"
+    return f"{hours / 24:.0f} days" if hours < 24 * 365 else f"{hours / 24 / 365:.1f} years"
+
+
+def full_scale_line(hours: dict[str, float]) -> str:
+    stages = ", ".join(f"{stage.replace('_', ' ')} {_duration(value)}" for stage, value in hours.items())
+    return (
+        f"The paper-scale run (vanilla-NeRF teacher 16k steps, 10k pseudo views, N=28 student 600k steps) would take "
+        f"~{_duration(sum(hours.values()))} on this machine ({stages}); the paper used 1–2 days on 4 V100s. "
+        "Scale out: shard pseudo views with ns-mobile-pseudo-views --shard k --num-shards n, train on GPUs."
+    )
 
 
 def write_comparison(teacher: Pipeline, student: Pipeline, path: Path, count: int = 4) -> None:
@@ -218,6 +292,9 @@ def summary_table(summary: dict) -> Table:
                   f"{student['ms_per_frame']:.1f}", f"{student['params']:,}")  # fmt: skip
     table.add_row("student − teacher", f"{student['psnr'] - teacher['psnr']:+.2f}",
                   f"{student['ssim'] - teacher['ssim']:+.3f}", f"{summary['speedup']:.0f}× faster", "")  # fmt: skip
+    packages = [f"{Path(e['file']).name} {e['megabytes']:.2f} MB{'' if e['verified'] else ' (FAILED check)'}"
+                for e in summary["exports"]]  # fmt: skip
+    table.caption = "Phone packages: " + (", ".join(packages) if packages else "none (export extra missing)")
     return table
 
 

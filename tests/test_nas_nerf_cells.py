@@ -55,11 +55,7 @@ def test_fine_field_sees_193_samples_per_ray() -> None:
     )
     coarse = UniformSampler(num_samples=64)(bundle)
     fine = PDFSampler(num_samples=128)(bundle, coarse, torch.rand(4, 64, 1))
-    assert (
-        fine.frustums.starts.shape[1]
-        == model_complexity(FieldCellConfig(), FieldCellConfig()).fine_samples
-        == 193
-    )
+    assert fine.frustums.starts.shape[1] == model_complexity(FieldCellConfig(), FieldCellConfig()).fine_samples == 193
 
 
 # Paper Table 1 (Lego): params (M, 2 decimals) and GFLOPs. Vanilla is exact under our convention; the tiers'
@@ -161,9 +157,7 @@ def test_cells_from_the_ns_train_command_line(capsys: pytest.CaptureFixture[str]
     assert config.machine.device_type == ("cuda" if torch.cuda.is_available() else "cpu")
     # tyro turns our ValueError into its error box and exit 2: the refusal comes before any data loads
     with pytest.raises(SystemExit):
-        tyro.cli(
-            AnnotatedBaseConfigUnion, args=["nas-nerf", "--pipeline.model.fine-cell.depths", "0", "1", "1"]
-        )
+        tyro.cli(AnnotatedBaseConfigUnion, args=["nas-nerf", "--pipeline.model.fine-cell.depths", "0", "1", "1"])
     assert "fine cell: depths must be [D1, 1, D3]" in " ".join(capsys.readouterr().err.split())
 
 

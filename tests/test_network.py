@@ -32,9 +32,7 @@ def test_paper_parameter_counts() -> None:
     ("factors", "out_hw"), [((2, 2, 2), (48, 40)), ((2, 2, 3), (72, 60))], ids=["360-8x", "llff-12x"]
 )
 @pytest.mark.parametrize("predict_depth", [False, True])
-def test_output_shape_and_range(
-    factors: tuple[int, ...], out_hw: tuple[int, int], predict_depth: bool
-) -> None:
+def test_output_shape_and_range(factors: tuple[int, ...], out_hw: tuple[int, int], predict_depth: bool) -> None:
     config = tiny_config(upscale_factors=factors, predict_depth=predict_depth)
     assert config.upscale == out_hw[0] // 6
     out = LightFieldNetwork(config)(torch.randn(2, 24, 6, 5))

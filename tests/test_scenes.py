@@ -36,9 +36,7 @@ def _hue_bins(rgb: np.ndarray, bins: int = 12) -> np.ndarray:
     keep = (sat > 0.3) & (mx > 0.15)
     r, g, b = rgb[keep].T
     c = (mx - mn)[keep]
-    hue = np.where(
-        mx[keep] == r, ((g - b) / c) % 6, np.where(mx[keep] == g, (b - r) / c + 2, (r - g) / c + 4)
-    )
+    hue = np.where(mx[keep] == r, ((g - b) / c) % 6, np.where(mx[keep] == g, (b - r) / c + 2, (r - g) / c + 4))
     hist = np.bincount(np.floor(hue / 6 * bins).astype(int) % bins, minlength=bins)
     return hist / len(rgb)
 
@@ -185,12 +183,7 @@ def test_forward_facing_layout(tmp_path: Path) -> None:
     out = generate_scene(cfg)
     poses = np.concatenate(
         [
-            np.array(
-                [
-                    f["transform_matrix"]
-                    for f in json.loads((out / f"transforms_{s}.json").read_text())["frames"]
-                ]
-            )
+            np.array([f["transform_matrix"] for f in json.loads((out / f"transforms_{s}.json").read_text())["frames"]])
             for s in ("train", "val", "test")
         ]
     )

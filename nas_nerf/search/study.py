@@ -59,9 +59,10 @@ class PrunerConfig:
     kind: Literal["successive-halving", "hyperband", "none"] = "successive-halving"
     reduction_factor: int = 2
     """η: the share of trials promoted at each rung is 1/η, and rungs are η times apart."""
-    rungs: int = 2
+    rungs: int = 1
     """Evaluations before the base step count: at steps / η^rungs, ..., steps / η, then steps (and η·steps, ...
-    for trials the budget rule trains longer), and always at the trial's last step."""
+    for trials the budget rule trains longer), and always at the trial's last step. Early ones only help once
+    SSIM has left its first plateau (the background is learnt first): 0 judges trials from steps on."""
 
     def validate(self) -> None:
         if self.reduction_factor < 2 or self.rungs < 0:
@@ -360,14 +361,17 @@ class Search:
 
     def _queue_probe(self, study: optuna.Study, target: float) -> None:
         """Once the replays are done, queue the tier's next bisection probe, until it has had its share: the
-        diagonal cells halfway between the largest known to miss the target and the cheapest anything known to
-        meet it (none when that interval holds no untried cell)."""
+        diagonal cells halfway between the largest known to miss the target (or pruned by this tier) and the
+        cheapest anything known to meet it (none when that interval holds no untried cell)."""
         trials = study.get_trials(deepcopy=False)
         probes = sum(bool(t.user_attrs.get("probe")) for t in trials if t.state != TrialState.FAIL)  # retries: once
         if probes >= self.config.bisection_probes or any(t.state == TrialState.WAITING for t in trials):
             return
         space, records = self.config.space, self._records()
         known = {r.architecture.key: r.ssim for r in records}
+        for trial in trials:  # behind this tier's pace: as good as missed
+            if outcome(trial) == "pruned":
+                known.setdefault(Architecture.from_dict(trial.user_attrs["architecture"]["cells"]).key, -math.inf)
         diagonal = [(params, space.decode(params)) for params in space.diagonal()]
         missed = [k for k, (_, a) in enumerate(diagonal) if known.get(a.key, math.inf) < target]
         incumbent = cheapest_meeting(records, target)

@@ -47,6 +47,11 @@ class ExportMobile(ABC):
     """Replace a non-empty --output-dir."""
 
     def main(self) -> None:
+        if any(not file.verification.passed for file in self.run()):
+            sys.exit(1)
+
+    def run(self) -> list[ExportedFile]:
+        """Export, verify, print the table and any failures; the files land under --output-dir (renamed paths)."""
         # Usage problems first, before the slow part (loading the run).
         check_output_dir(self.output_dir, self.overwrite)
         self.require_dependencies()
@@ -54,12 +59,13 @@ class ExportMobile(ABC):
         frame = export_frame(student, self.output_size)
         with atomic_output_dir(self.output_dir, self.overwrite) as staging:
             exported = self.export(student, frame, staging)
+        for file in exported:
+            file.path = self.output_dir / file.path.name
         CONSOLE.print(export_table(student, frame, exported, self.output_dir))
-        failed = [file for file in exported if not file.verification.passed]
-        for file in failed:
-            CONSOLE.print(f"[red]{file.path.name} failed verification: {'; '.join(file.verification.failures)}")
-        if failed:
-            sys.exit(1)
+        for file in exported:
+            if not file.verification.passed:
+                CONSOLE.print(f"[red]{file.path.name} failed verification: {'; '.join(file.verification.failures)}")
+        return exported
 
     @abstractmethod
     def require_dependencies(self) -> None:

@@ -1,0 +1,99 @@
+"""Distillation quality at a CPU-feasible scale on the shared real scenes: teacher PSNR/SSIM, student PSNR/SSIM,
+the gap, pseudo-view disk per view, render latency of both, and the phone packages' sizes.
+
+    python benchmarks/distill_quality.py --scene lego   # Blender, 360°, 8×: 200×200 frames from a 25×25 ray grid
+    python benchmarks/distill_quality.py --scene fern   # LLFF, forward-facing, 12×: 252×189 frames from 21×16
+
+Each runs `ns-mobile-demo`'s stages (resumable: re-run after a kill) on a downscaled copy of the scene under
+benchmarks/work/ and writes benchmarks/results/distill_<scene>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import tyro
+from shared_scenes import SHARED_DATA, downscale_blender, downscale_llff
+
+from nerfstudio_mobile.demo import Demo
+from nerfstudio_mobile.network import LightFieldNetworkConfig
+
+RESULTS = Path(__file__).parent / "results"
+WORK = Path(__file__).parent / "work"
+
+# Paper (800×800 / 1008×756, GPUs, 10k pseudo views, 600k steps), DESIGN.md §3.
+PAPER = {
+    "lego": "teacher 33.09 dB, student 32.18 dB (gap −0.91; synthetic average gap −1.75)",
+    "fern": "student 26.15 dB forward-facing average (gap −1.75 on synthetic; goal here ≤ 1.0 dB)",
+}
+
+
+@dataclass
+class DistillQuality:
+    scene: Literal["lego", "fern"] = "lego"
+    downscale: int = 4
+    """Lego: 800 / downscale pixels a side. Fern: the full 4032×3024 / (4 · downscale), i.e. images_16 at 4."""
+    test_stride: int = 8
+    """Lego: every n-th of the 200 test views (eval on 2 cores stays affordable). Fern keeps LLFF's own split."""
+    teacher_steps: int = 4000
+    teacher_rays: int = 1024
+    student_steps: int = 2000
+    pseudo_views: int = 300
+    student_width: int = 128
+    student_blocks: int = 8
+
+    def main(self) -> None:
+        work = WORK / f"distill_{self.scene}"
+        if self.scene == "lego":
+            size = 800 // self.downscale
+            data = downscale_blender(SHARED_DATA / "nerf_synthetic" / "lego", work / f"lego_{size}", size,
+                                     self.test_stride)  # fmt: skip
+        else:
+            factor = 4 * self.downscale
+            data = downscale_llff(SHARED_DATA / "nerf_llff_data" / "fern", work / f"fern_{factor}", factor)
+        demo = Demo(
+            output_dir=work, data=data, teacher_steps=self.teacher_steps, student_steps=self.student_steps,
+            pseudo_views=self.pseudo_views, teacher_rays=self.teacher_rays, llff_downscale=4 * self.downscale,
+            student=LightFieldNetworkConfig(width=self.student_width, num_blocks=self.student_blocks),
+        )  # fmt: skip
+        demo.main()
+        summary = json.loads((work.resolve() / "summary.json").read_text())
+        cache = next((work.resolve() / "runs" / "teacher").rglob("pseudo_views/*/views"))
+        files = list(cache.glob("*.npz"))
+        summary["pseudo_view_bytes"] = sum(f.stat().st_size for f in files) / len(files)
+        summary["machine"] = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        summary["setup"] = vars(self)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"distill_{self.scene}.json").write_text(json.dumps(summary, indent=2))
+        (RESULTS / f"distill_{self.scene}.md").write_text(markdown(self.scene, summary))
+        print(markdown(self.scene, summary))
+
+
+def markdown(scene: str, summary: dict) -> str:
+    teacher, student = summary["teacher"], summary["student"]
+    h, w = summary["frame"]
+    packages = ", ".join(f"{Path(e['file']).name} {e['megabytes']:.2f} MB" for e in summary["exports"])
+    return "\n".join([
+        f"## Distillation on {scene} at {h}×{w} ({summary['machine']})",
+        "",
+        "| | PSNR (dB) | SSIM | ms / frame | params |",
+        "|---|---|---|---|---|",
+        f"| teacher (nas-nerf) | {teacher['psnr']:.2f} | {teacher['ssim']:.3f} | {teacher['ms_per_frame']:.0f} | |",
+        f"| student (mobile-r2l) | {student['psnr']:.2f} | {student['ssim']:.3f} | {student['ms_per_frame']:.1f} | "
+        f"{student['params']:,} |",
+        f"| gap / speed-up | {student['psnr'] - teacher['psnr']:+.2f} | {student['ssim'] - teacher['ssim']:+.3f} | "
+        f"{summary['speedup']:.0f}× | |",
+        "",
+        f"Setup: {summary['setup']}. Pseudo views: {summary['pseudo_view_bytes'] / 1e3:.0f} KB per {h}×{w} view "
+        f"on disk. Packages: {packages}. Total time {summary['total_minutes']:.0f} min. Paper: {PAPER[scene]}.",
+        "",
+    ])  # fmt: skip
+
+
+if __name__ == "__main__":
+    tyro.cli(DistillQuality).main()
