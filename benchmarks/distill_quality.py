@@ -1,8 +1,8 @@
 """Distillation quality at a CPU-feasible scale on the shared real scenes: teacher PSNR/SSIM, student PSNR/SSIM,
 the gap, pseudo-view disk per view, render latency of both, and the phone packages' sizes.
 
-    python benchmarks/distill_quality.py --scene lego   # Blender, 360°, 8×: 200×200 frames from a 25×25 ray grid
-    python benchmarks/distill_quality.py --scene fern   # LLFF, forward-facing, 12×: 252×189 frames from 21×16
+    python benchmarks/distill_quality.py --scene lego   # Blender, 360°, 8×: 128×128 frames from a 16×16 ray grid
+    python benchmarks/distill_quality.py --scene fern   # LLFF, forward-facing, 12×: 168×126 frames from 14×11
 
 Each runs `ns-mobile-demo`'s stages (resumable: re-run after a kill) on a downscaled copy of the scene under
 benchmarks/work/ and writes benchmarks/results/distill_<scene>.{json,md}.
@@ -36,29 +36,29 @@ PAPER = {
 @dataclass
 class DistillQuality:
     scene: Literal["lego", "fern"] = "lego"
-    downscale: int = 4
-    """Lego: 800 / downscale pixels a side. Fern: the full 4032×3024 / (4 · downscale), i.e. images_16 at 4."""
+    lego_size: int = 128
+    """Lego: pixels a side (the originals are 800×800)."""
+    fern_downscale: int = 24
+    """Fern: the full 4032×3024 resolution divided by this (LLFF's images_<N>)."""
     test_stride: int = 8
     """Lego: every n-th of the 200 test views (eval on 2 cores stays affordable). Fern keeps LLFF's own split."""
-    teacher_steps: int = 4000
-    teacher_rays: int = 1024
+    teacher_steps: int = 5000
     student_steps: int = 2000
-    pseudo_views: int = 300
-    student_width: int = 128
-    student_blocks: int = 8
+    pseudo_views: int = 150
+    student_width: int = 64
+    student_blocks: int = 6
 
     def main(self) -> None:
         work = WORK / f"distill_{self.scene}"
         if self.scene == "lego":
-            size = 800 // self.downscale
-            data = downscale_blender(SHARED_DATA / "nerf_synthetic" / "lego", work / f"lego_{size}", size,
-                                     self.test_stride)  # fmt: skip
+            lego = SHARED_DATA / "nerf_synthetic" / "lego"
+            data = downscale_blender(lego, work / f"lego_{self.lego_size}", self.lego_size, self.test_stride)
         else:
-            factor = 4 * self.downscale
-            data = downscale_llff(SHARED_DATA / "nerf_llff_data" / "fern", work / f"fern_{factor}", factor)
+            fern = SHARED_DATA / "nerf_llff_data" / "fern"
+            data = downscale_llff(fern, work / f"fern_{self.fern_downscale}", self.fern_downscale)
         demo = Demo(
             output_dir=work, data=data, teacher_steps=self.teacher_steps, student_steps=self.student_steps,
-            pseudo_views=self.pseudo_views, teacher_rays=self.teacher_rays, llff_downscale=4 * self.downscale,
+            pseudo_views=self.pseudo_views, llff_downscale=self.fern_downscale,
             student=LightFieldNetworkConfig(width=self.student_width, num_blocks=self.student_blocks),
         )  # fmt: skip
         demo.main()

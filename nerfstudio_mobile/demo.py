@@ -24,21 +24,23 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.dataparsers.base_dataparser import DataParserConfig
 from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
 from rich.console import Console
 from rich.table import Table
 
 from nas_nerf.cell import FieldCellConfig
-from nas_nerf.complexity import model_complexity
 from nas_nerf.configs import nas_nerf_trainer
 from nas_nerf.llff import LLFFDataParserConfig
+from nas_nerf.model import NASNeRFModelConfig
 from nas_nerf.runs import load_run
 from nas_nerf.scenes import SceneConfig, generate_scene
 from nerfstudio_mobile.configs import mobile_r2l_trainer
 from nerfstudio_mobile.datamanager import pinhole_cameras
+from nerfstudio_mobile.encoding import RayEncodingConfig
 from nerfstudio_mobile.export.errors import MissingDependencyError
-from nerfstudio_mobile.network import LightFieldNetworkConfig, count_macs, prepare_for_inference
+from nerfstudio_mobile.network import LightFieldNetwork, LightFieldNetworkConfig, prepare_for_inference
 from nerfstudio_mobile.views import SphereViewSampler
 
 CONSOLE = Console()
@@ -58,13 +60,15 @@ class Demo:
     scene: SceneConfig = field(default_factory=lambda: SceneConfig(image_size=96, num_train=60, num_test=8))
     """The generated scene (ignored with --data)."""
     teacher_steps: int = 2000
-    teacher_rays: int = 1024
+    teacher_rays: int = 512
     """Rays per teacher training step."""
+    teacher_samples: tuple[int, int] = (24, 48)
+    """Coarse and importance samples per teacher ray (vanilla NeRF: 64, 128)."""
     student_steps: int = 1500
-    pseudo_views: int = 200
+    pseudo_views: int = 100
     """Teacher renders the student learns from (paper: 10k)."""
     teacher_coarse: FieldCellConfig = field(default_factory=lambda: FieldCellConfig((1, 1, 1), (32, 32, 32)))
-    teacher_fine: FieldCellConfig = field(default_factory=lambda: FieldCellConfig((3, 1, 2), (96, 96, 96)))
+    teacher_fine: FieldCellConfig = field(default_factory=lambda: FieldCellConfig((2, 1, 1), (64, 64, 64)))
     student: LightFieldNetworkConfig = field(default_factory=lambda: LightFieldNetworkConfig(width=64, num_blocks=6))
     """Student size (paper: width 256, 28 blocks)."""
 
@@ -75,7 +79,7 @@ class Demo:
         teacher_config = train_stage(self.teacher_config(data, root))
         student_config = train_stage(self.student_config(teacher_config, root))
         summary = evaluate(teacher_config, student_config, root)
-        summary["exports"] = export_student(student_config, root / "export")
+        summary["exports"] = export_student(student_config, root / "export", summary["frame"], summary["upscale"])
         summary["total_minutes"] = (time.perf_counter() - started) / 60
         (root / "summary.json").write_text(json.dumps(summary, indent=2))
         CONSOLE.print(summary_table(summary))
@@ -87,7 +91,7 @@ class Demo:
     def teacher_config(self, data: Path, root: Path) -> TrainerConfig:
         config = nas_nerf_trainer("nas-nerf", self.teacher_coarse, self.teacher_fine)
         model = config.pipeline.model
-        model.num_coarse_samples, model.num_importance_samples = 32, 64
+        model.num_coarse_samples, model.num_importance_samples = self.teacher_samples
         config.pipeline.datamanager.dataparser, near_far = dataparser_for(data, self.llff_downscale)
         model.collider_params = {"near_plane": near_far[0], "far_plane": near_far[1]}
         config.pipeline.datamanager.data = data
@@ -181,22 +185,25 @@ def evaluate(teacher_config: Path, student_config: Path, root: Path) -> dict:
         summary["student"]["ms_per_frame"] = 1000 * frame_seconds(lambda: fast(model.encode(camera, jitter=False)[0]))
     summary["speedup"] = summary["teacher"]["ms_per_frame"] / summary["student"]["ms_per_frame"]
     summary["frame"] = [int(camera.height), int(camera.width)]
+    summary["upscale"] = model.network.config.upscale
     summary["student"]["params"] = sum(p.numel() for p in model.network.parameters())
-    summary["full_scale_hours"] = full_scale_hours(teacher, student, summary)
+    summary["full_scale_hours"] = full_scale_hours(model.network.config.upscale_factors)
     write_comparison(teacher, student, root / "comparison.png")
     write_turntable(student, root / "turntable.gif")
     return summary
 
 
-def export_student(student_config: Path, directory: Path) -> list[dict]:
-    """The phone packages: Core ML (fp16 and 4-bit palettized) and ONNX, pose input, each verified against torch."""
+def export_student(student_config: Path, directory: Path, frame: list[int], upscale: int) -> list[dict]:
+    """The phone packages: Core ML (fp16 and 4-bit palettized) and ONNX, pose input, each verified against torch,
+    at the frame size rounded to whole super-resolution blocks (exported models have static shapes)."""
     from nerfstudio_mobile.export.cli import CoreMLExport, OnnxExport
+    from nerfstudio_mobile.export.sidecar import nearest_multiple
 
+    size = (nearest_multiple(frame[0], upscale), nearest_multiple(frame[1], upscale))
     modes = ("pose",)  # re-running the demo refreshes the packages: overwrite
-    exports = [
-        CoreMLExport(student_config, directory / "coreml", modes, overwrite=True, compressions=("none", "palettize4")),
-        OnnxExport(student_config, directory / "onnx", modes, overwrite=True),
-    ]
+    coreml = CoreMLExport(student_config, directory / "coreml", modes, size, overwrite=True,
+                          compressions=("none", "palettize4"))  # fmt: skip
+    exports = [coreml, OnnxExport(student_config, directory / "onnx", modes, size, overwrite=True)]
     try:
         exported = [file for export in exports for file in export.run()]
     except MissingDependencyError as error:  # the export extra is optional; the rest of the demo is not
@@ -216,24 +223,24 @@ PAPER_STUDENT_STEPS = 600_000
 TRAIN_COST = 3  # a training step costs ~3 forward passes (forward, and backward to inputs and weights)
 
 
-def full_scale_hours(teacher: Pipeline, student: Pipeline, summary: dict) -> dict[str, float]:
-    """How long the paper-scale run would take on this machine, extrapolated from this run's measured frame times
-    by FLOPs (teacher) and MACs (student)."""
-    h, w = summary["frame"]
-    teacher_cells = teacher.model.config
-    measured = model_complexity(teacher_cells.coarse_cell, teacher_cells.fine_cell,
-                                teacher_cells.num_coarse_samples, teacher_cells.num_importance_samples)  # fmt: skip
-    seconds_per_flop = summary["teacher"]["ms_per_frame"] / 1000 / measured.frame_flops(h, w)
-    vanilla = model_complexity(FieldCellConfig(), FieldCellConfig())
-    network = student.model.network.config
-    scale = int(np.prod(network.upscale_factors))
+def full_scale_hours(upscale_factors: tuple[int, ...]) -> dict[str, float]:
+    """How long the paper-scale run would take on this machine: the paper's networks timed here (a vanilla-NeRF
+    teacher on a 32×32 patch, since its cost per ray is the same everywhere; the N=28 student on a whole frame)."""
+    scale = int(np.prod(upscale_factors))
     full_h, full_w = PAPER_FRAME[scale]
-    seconds_per_mac = summary["student"]["ms_per_frame"] / 1000 / count_macs(network, -(-h // scale), -(-w // scale))
-    paper_network = LightFieldNetworkConfig(upscale_factors=network.upscale_factors)
-    student_frame = seconds_per_mac * count_macs(paper_network, full_h // scale, full_w // scale)
+    box = SceneBox(torch.tensor([[-1.5] * 3, [1.5] * 3]))
+    vanilla = NASNeRFModelConfig().setup(scene_box=box, num_train_data=1).eval()  # the collider's near 2 / far 6
+    c2w = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 4.0]]])  # looks at the origin
+    patch = pinhole_cameras(c2w, 32, 32, 1111.0, 1111.0, 16.0, 16.0)
+    with torch.no_grad():
+        seconds_per_ray = frame_seconds(lambda: vanilla.get_outputs_for_camera(patch), repeats=1) / 32**2
+    render = prepare_for_inference(LightFieldNetwork(LightFieldNetworkConfig(upscale_factors=upscale_factors)))
+    grid = torch.zeros(1, RayEncodingConfig().num_channels, full_h // scale, full_w // scale)
+    render(grid)  # warm-up
+    student_frame = frame_seconds(lambda: render(grid), repeats=1)
     seconds = {
-        "teacher": PAPER_TEACHER_STEPS * PAPER_TEACHER_RAYS * vanilla.flops_per_ray * TRAIN_COST * seconds_per_flop,
-        "pseudo_views": PAPER_VIEWS[scale] * vanilla.frame_flops(full_h, full_w) * seconds_per_flop,
+        "teacher": PAPER_TEACHER_STEPS * PAPER_TEACHER_RAYS * TRAIN_COST * seconds_per_ray,
+        "pseudo_views": PAPER_VIEWS[scale] * full_h * full_w * seconds_per_ray,
         "student": PAPER_STUDENT_STEPS * PAPER_BATCH[scale] * TRAIN_COST * student_frame,
     }
     return {stage: value / 3600 for stage, value in seconds.items()}

@@ -134,7 +134,7 @@ def export_frame(student: Student, output_size: tuple[int, int] | None = None) -
             f"{requested} {height}x{width} (HxW) is not a whole number of {s}x{s} super-resolution blocks "
             f"(upscale factors {student.network_config.upscale_factors}): the network renders a frame from an "
             f"(H/{s})x(W/{s}) ray grid. Pass --output-size H W with both divisible by {s}, e.g. "
-            f"{_nearest_multiple(height, s)} {_nearest_multiple(width, s)}."
+            f"{nearest_multiple(height, s)} {nearest_multiple(width, s)}."
         )
     near, far = student.near_far
     return ExportFrame(
@@ -148,7 +148,7 @@ def export_frame(student: Student, output_size: tuple[int, int] | None = None) -
     )
 
 
-def _nearest_multiple(value: int, factor: int) -> int:
+def nearest_multiple(value: int, factor: int) -> int:
     return max(factor, factor * round(value / factor))
 
 
