@@ -90,7 +90,8 @@ def markdown(scene: str, summary: dict) -> str:
         f"{summary['speedup']:.0f}× | |",
         "",
         f"Setup: {summary['setup']}. Pseudo views: {summary['pseudo_view_bytes'] / 1e3:.0f} KB per {h}×{w} view "
-        f"on disk. Packages: {packages}. Total time {summary['total_minutes']:.0f} min. Paper: {PAPER[scene]}.",
+        f"on disk. Packages: {packages}. This invocation took {summary['total_minutes']:.0f} min (stages finished by"
+        f" an earlier one are skipped). Paper: {PAPER[scene]}.",
         "",
     ])  # fmt: skip
 

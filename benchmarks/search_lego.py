@@ -30,7 +30,7 @@ GOALS = "XXS: >= 20x fewer FLOPs and >= 4.7x faster than vanilla; S: within 0.00
 @dataclass
 class SearchLego:
     data: Path = SHARED_DATA / "nerf_synthetic" / "lego"
-    work_dir: Path = Path("benchmarks/work/search_lego")
+    work_dir: Path = Path(__file__).parent / "work" / "search_lego"
     size: int = 100
     """Image size (800 / 8)."""
     test_stride: int = 8

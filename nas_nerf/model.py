@@ -67,7 +67,10 @@ class NASNeRFModel(Model):
         if scene_near_far is not None:  # the dataparser knows its scene's depth range (e.g. llff-data)
             near, far = scene_near_far
             self.config.collider_params = {"near_plane": float(near), "far_plane": float(far)}
-            self.collider = NearFarCollider(near_plane=float(near), far_plane=float(far))
+        near, far = self.config.collider_params["near_plane"], self.config.collider_params["far_plane"]  # type: ignore[index]
+        # nerfstudio's collider moves the near plane to 0 outside training; our uniform samples would then spread
+        # over untrained space in front of the camera (fern: 13 dB instead of 21 on the training rays themselves).
+        self.collider = NearFarCollider(near_plane=float(near), far_plane=float(far), reset_near_plane=False)
         self.field_coarse = CellField(self.config.coarse_cell)
         self.field_fine = CellField(self.config.fine_cell)
         self.sampler_uniform = UniformSampler(num_samples=self.config.num_coarse_samples)

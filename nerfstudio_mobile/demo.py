@@ -255,7 +255,8 @@ def _duration(hours: float) -> str:
 def full_scale_line(hours: dict[str, float]) -> str:
     stages = ", ".join(f"{stage.replace('_', ' ')} {_duration(value)}" for stage, value in hours.items())
     return (
-        f"The paper-scale run (vanilla-NeRF teacher 16k steps, 10k pseudo views, N=28 student 600k steps) would take "
+        f"The paper-scale run (vanilla-NeRF teacher 16k steps, 10k pseudo views or 8k forward-facing, N=28 student "
+        f"600k steps) would take "
         f"~{_duration(sum(hours.values()))} on this machine ({stages}); the paper used 1–2 days on 4 V100s. "
         "Scale out: shard pseudo views with ns-mobile-pseudo-views --shard k --num-shards n, train on GPUs."
     )

@@ -185,3 +185,21 @@ def test_checkpoint_writes_are_atomic(tmp_path: Path) -> None:
         trainer.save_checkpoint(2)
     assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["step-000000001.ckpt"]
     assert torch.load(tmp_path / "step-000000001.ckpt")["step"] == 1
+
+
+@pytest.mark.parametrize("metadata", [{}, {"near_far": (1.2, 6.5)}])
+def test_eval_renders_sample_the_depth_range_training_saw(metadata: dict) -> None:
+    """nerfstudio's collider moves the near plane to 0 outside training; a NeRF evaluated that way samples
+    untrained space in front of the camera (fern's teacher lost 9 dB to it)."""
+    from nerfstudio.cameras.rays import RayBundle
+    from nerfstudio.data.scene_box import SceneBox
+
+    small = FieldCellConfig((1, 1, 1), (8, 8, 8))
+    model = NASNeRFModelConfig(coarse_cell=small, fine_cell=small).setup(
+        scene_box=SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1, metadata=metadata
+    )
+    near, far = metadata.get("near_far", (2.0, 6.0))  # the dataparser's range, else vanilla NeRF's collider
+    for training in (True, False):
+        model.train(training)
+        bundle = model.collider(RayBundle(torch.zeros(3, 3), torch.tensor([[0.0, 0.0, -1.0]] * 3), torch.ones(3, 1)))
+        assert torch.all(bundle.nears == near) and torch.all(bundle.fars == far)
