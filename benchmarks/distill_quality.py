@@ -4,8 +4,8 @@ the gap, pseudo-view disk per view, render latency of both, and the phone packag
     python benchmarks/distill_quality.py --scene lego   # Blender, 360°, 8×: 128×128 frames from a 16×16 ray grid
     python benchmarks/distill_quality.py --scene fern   # LLFF, forward-facing, 12×: 168×126 frames from 14×11
 
-Each runs `ns-mobile-demo`'s stages (resumable: re-run after a kill) on a downscaled copy of the scene under
-benchmarks/work/ and writes benchmarks/results/distill_<scene>.{json,md}.
+Each runs `ns-mobile-demo --data` (resumable: re-run after a kill), which trains on a shrunk copy of the scene
+under benchmarks/work/, and writes benchmarks/results/distill_<scene>.{json,md}.
 """
 
 from __future__ import annotations
@@ -18,13 +18,14 @@ from typing import Literal
 
 import torch
 import tyro
-from shared_scenes import SHARED_DATA, downscale_blender, downscale_llff
+from shared_scenes import SHARED_DATA
 
 from nerfstudio_mobile.demo import Demo
 from nerfstudio_mobile.network import LightFieldNetworkConfig
 
 RESULTS = Path(__file__).parent / "results"
 WORK = Path(__file__).parent / "work"
+DEFAULT_SIZE = {"lego": 128, "fern": 168}
 
 # Paper (800×800 / 1008×756, GPUs, 10k pseudo views, 600k steps), DESIGN.md §3.
 PAPER = {
@@ -36,12 +37,10 @@ PAPER = {
 @dataclass
 class DistillQuality:
     scene: Literal["lego", "fern"] = "lego"
-    lego_size: int = 128
-    """Lego: pixels a side (the originals are 800×800)."""
-    fern_downscale: int = 24
-    """Fern: the full 4032×3024 resolution divided by this (LLFF's images_<N>)."""
-    test_stride: int = 8
-    """Lego: every n-th of the 200 test views (eval on 2 cores stays affordable). Fern keeps LLFF's own split."""
+    max_image_size: int = 0
+    """Long side of the copy the demo trains on; 0: lego 128 (of 800), fern 168 (of 4032: 24×)."""
+    max_test_views: int = 25
+    """Lego: every 8th of the 200 test views (eval on 2 cores stays affordable). Fern keeps LLFF's own split."""
     teacher_steps: int = 5000
     student_steps: int = 2000
     pseudo_views: int = 150
@@ -50,15 +49,11 @@ class DistillQuality:
 
     def main(self) -> None:
         work = WORK / f"distill_{self.scene}"
-        if self.scene == "lego":
-            lego = SHARED_DATA / "nerf_synthetic" / "lego"
-            data = downscale_blender(lego, work / f"lego_{self.lego_size}", self.lego_size, self.test_stride)
-        else:
-            fern = SHARED_DATA / "nerf_llff_data" / "fern"
-            data = downscale_llff(fern, work / f"fern_{self.fern_downscale}", self.fern_downscale)
+        data = SHARED_DATA / {"lego": "nerf_synthetic/lego", "fern": "nerf_llff_data/fern"}[self.scene]
         demo = Demo(
-            output_dir=work, data=data, teacher_steps=self.teacher_steps, student_steps=self.student_steps,
-            pseudo_views=self.pseudo_views, llff_downscale=self.fern_downscale,
+            output_dir=work, data=data, max_image_size=self.max_image_size or DEFAULT_SIZE[self.scene],
+            max_test_views=self.max_test_views, teacher_steps=self.teacher_steps, student_steps=self.student_steps,
+            pseudo_views=self.pseudo_views,
             student=LightFieldNetworkConfig(width=self.student_width, num_blocks=self.student_blocks),
         )  # fmt: skip
         demo.main()

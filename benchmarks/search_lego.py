@@ -16,12 +16,13 @@ from pathlib import Path
 
 import torch
 import tyro
-from shared_scenes import SHARED_DATA, downscale_blender
+from shared_scenes import SHARED_DATA
 
 from nas_nerf.search.cli import NASSearch
 from nas_nerf.search.report import markdown_table
 from nas_nerf.search.study import PrunerConfig
 from nas_nerf.search.train import TrialTraining
+from nerfstudio_mobile.scene_copies import downscaled_copy
 
 RESULTS = Path(__file__).parent / "results"
 GOALS = "XXS: >= 20x fewer FLOPs and >= 4.7x faster than vanilla; S: within 0.005 SSIM of vanilla at >= 3x fewer FLOPs"
@@ -33,8 +34,8 @@ class SearchLego:
     work_dir: Path = Path(__file__).parent / "work" / "search_lego"
     size: int = 100
     """Image size (800 / 8)."""
-    test_stride: int = 8
-    """Test views kept in the copy (the search itself scores the val split)."""
+    max_test_views: int = 25
+    """Test (and val) views kept in the copy, evenly spaced (the search scores the val split)."""
     trials_per_tier: int = 4
     steps: int = 400
     """Base steps per trial; the smallest cells train up to twice as long (the budget rule)."""
@@ -53,7 +54,7 @@ class SearchLego:
 
     def main(self) -> None:
         started = time.perf_counter()
-        scene = downscale_blender(self.data, self.work_dir / f"lego_{self.size}", self.size, self.test_stride)
+        scene = downscaled_copy(self.data, self.work_dir, self.size, self.max_test_views)
         search = NASSearch(
             data=scene.resolve(), output_dir=self.work_dir / "search", trials_per_tier=self.trials_per_tier,
             training=TrialTraining(

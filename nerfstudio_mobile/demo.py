@@ -5,7 +5,9 @@
         ─► summary table, ground truth | teacher | student picture, turntable GIF by the student
 
 Every stage is resumable: finished stages are skipped, an interrupted training resumes from its last
-checkpoint. `--data` takes a real Blender, nerfstudio or LLFF scene instead of the generated one.
+checkpoint. `--data` takes a real Blender, nerfstudio or LLFF scene instead of the generated one, and trains on
+a copy shrunk to `--max-image-size` (the teacher renders every pixel of every pseudo view, so pixels are time).
+Before anything trains, it prints how long this run and the paper-scale run would take on this machine.
 """
 
 from __future__ import annotations
@@ -19,31 +21,32 @@ from pathlib import Path
 import imageio.v2 as imageio
 import numpy as np
 import torch
-import tyro
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.dataparsers.base_dataparser import DataParserConfig
 from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
-from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
 from rich.console import Console
 from rich.table import Table
 
 from nas_nerf.cell import FieldCellConfig
+from nas_nerf.cli_errors import run_cli
 from nas_nerf.configs import nas_nerf_trainer
 from nas_nerf.llff import LLFFDataParserConfig
-from nas_nerf.model import NASNeRFModelConfig
 from nas_nerf.runs import load_run
 from nas_nerf.scenes import SceneConfig, generate_scene
 from nerfstudio_mobile.configs import mobile_r2l_trainer
 from nerfstudio_mobile.datamanager import pinhole_cameras
-from nerfstudio_mobile.encoding import RayEncodingConfig
 from nerfstudio_mobile.export.errors import MissingDependencyError
-from nerfstudio_mobile.network import LightFieldNetwork, LightFieldNetworkConfig, prepare_for_inference
+from nerfstudio_mobile.network import LightFieldNetworkConfig, prepare_for_inference
+from nerfstudio_mobile.run_estimate import CostRates, RunPlan, paper_plan, plan_line
+from nerfstudio_mobile.scene_copies import SceneError, downscaled_copy, scene_format
 from nerfstudio_mobile.views import SphereViewSampler
 
 CONSOLE = Console()
+IMAGES_PER_BATCH = 8
+"""Whole pseudo views per student step."""
 
 
 @dataclass
@@ -55,8 +58,10 @@ class Demo:
     data: Path | None = None
     """A Blender (transforms_train.json), nerfstudio (transforms.json) or LLFF (poses_bounds.npy) scene; default:
     one rendered by this package."""
-    llff_downscale: int = 8
-    """LLFF scenes: read images_<N> (the poses are for full resolution)."""
+    max_image_size: int = 128
+    """--data: train on a copy (in the output dir) whose images fit in N×N pixels; 0 keeps the originals."""
+    max_test_views: int = 25
+    """--data, Blender: evaluate on this many evenly spaced test views (lego has 200)."""
     scene: SceneConfig = field(default_factory=lambda: SceneConfig(image_size=96, num_train=60, num_test=8))
     """The generated scene (ignored with --data)."""
     teacher_steps: int = 2000
@@ -75,24 +80,65 @@ class Demo:
     def main(self) -> None:
         started = time.perf_counter()
         root = self.output_dir.resolve()
-        data = self.data.resolve() if self.data else generate_scene(_with_dir(self.scene, root / "scene"))
-        teacher_config = train_stage(self.teacher_config(data, root))
+        data = self.scene_data(root)
+        teacher = self.teacher_config(data, root)
+        plans = {"this_run": self.plan(teacher), "paper": paper_plan(self.student.upscale_factors)}
+        # the paper's vanilla-NeRF teacher is timed on 16² rays: 64² would take 20 s here
+        rates = {"this_run": CostRates.measure(plans["this_run"]), "paper": CostRates.measure(plans["paper"], 16)}
+        CONSOLE.print(self.plan_text(plans, rates, data, root))
+        teacher_config = train_stage(teacher)
         student_config = train_stage(self.student_config(teacher_config, root))
         summary = evaluate(teacher_config, student_config, root)
+        summary["estimated_hours"] = {name: plan.hours(rates[name]) for name, plan in plans.items()}
         summary["exports"] = export_student(student_config, root / "export", summary["frame"], summary["upscale"])
         summary["total_minutes"] = (time.perf_counter() - started) / 60
         (root / "summary.json").write_text(json.dumps(summary, indent=2))
         CONSOLE.print(summary_table(summary))
-        CONSOLE.print(full_scale_line(summary["full_scale_hours"]))
         CONSOLE.print(
             f"Pictures: {root / 'comparison.png'} and {root / 'turntable.gif'}; numbers: {root / 'summary.json'}"
+        )
+
+    def scene_data(self, root: Path) -> Path:
+        """The generated scene, or --data (a shrunk copy of it when its images are larger than max_image_size)."""
+        if self.data is None:
+            return generate_scene(_with_dir(self.scene, root / "scene"))
+        scene_format(self.data)  # a wrong path fails here, with what to do, before anything is copied
+        if self.max_image_size <= 0:
+            return self.data.resolve()
+        return downscaled_copy(self.data, root / "data", self.max_image_size, self.max_test_views)
+
+    def plan(self, teacher: TrainerConfig) -> RunPlan:
+        parser = teacher.pipeline.datamanager.dataparser.setup()
+        cameras = parser.get_dataparser_outputs("train").cameras
+        return RunPlan(
+            teacher=teacher.pipeline.model, teacher_steps=self.teacher_steps, teacher_rays=self.teacher_rays,
+            student=self.student, student_steps=self.student_steps, images_per_batch=IMAGES_PER_BATCH,
+            frame=(int(cameras.height[0]), int(cameras.width[0])), pseudo_views=self.pseudo_views,
+            test_views=len(parser.get_dataparser_outputs("test").image_filenames),
+        )  # fmt: skip
+
+    def plan_text(self, plans: dict[str, RunPlan], rates: dict[str, CostRates], data: Path, root: Path) -> str:
+        """How long this run takes here (and on the originals, for a shrunk copy), and the paper-scale run."""
+        this_run, paper = plans["this_run"], plans["paper"]
+        h, w = this_run.frame
+        text = f"This run on this machine, from scratch: {plan_line(this_run.hours(rates['this_run']))} at {h}×{w}"
+        if self.data is not None and data != self.data.resolve():
+            original = self.plan(self.teacher_config(self.data.resolve(), root))
+            oh, ow = original.frame
+            text += f", on a copy of {self.data} shrunk from {oh}×{ow}; --max-image-size 0 would train on the "
+            text += f"originals: {plan_line(original.hours(rates['this_run']))}"
+        return (
+            f"{text}.\nThe paper-scale run (vanilla-NeRF teacher 16k steps, {paper.pseudo_views:,} pseudo views, "
+            f"N=28 student 600k steps) would take {plan_line(paper.hours(rates['paper']))}; the paper used 1–2 days "
+            "on 4 V100s. Scale out: shard pseudo views with ns-mobile-pseudo-views --shard k --num-shards n, train on "
+            "GPUs."
         )
 
     def teacher_config(self, data: Path, root: Path) -> TrainerConfig:
         config = nas_nerf_trainer("nas-nerf", self.teacher_coarse, self.teacher_fine)
         model = config.pipeline.model
         model.num_coarse_samples, model.num_importance_samples = self.teacher_samples
-        config.pipeline.datamanager.dataparser, near_far = dataparser_for(data, self.llff_downscale)
+        config.pipeline.datamanager.dataparser, near_far = dataparser_for(data)
         model.collider_params = {"near_plane": near_far[0], "far_plane": near_far[1]}
         config.pipeline.datamanager.data = data
         config.pipeline.datamanager.train_num_rays_per_batch = self.teacher_rays
@@ -104,25 +150,21 @@ class Demo:
         datamanager = config.pipeline.datamanager
         datamanager.teacher_config = teacher
         datamanager.__post_init__()  # adopt the teacher's dataparser and data
-        datamanager.num_pseudo_views, datamanager.images_per_batch = self.pseudo_views, 8
+        datamanager.num_pseudo_views, datamanager.images_per_batch = self.pseudo_views, IMAGES_PER_BATCH
         datamanager.finetune_steps = self.student_steps // 10
         config.pipeline.model.network = self.student
         config.optimizers["network"]["optimizer"].lr = 2e-3
         return _quiet(config, root, "student", self.student_steps)
 
 
-def dataparser_for(data: Path, llff_downscale: int = 8) -> tuple[DataParserConfig, tuple[float, float]]:
+def dataparser_for(data: Path) -> tuple[DataParserConfig, tuple[float, float]]:
     """The dataparser a scene folder needs, and the near/far that suits its normalised frame."""
-    if (data / "transforms_train.json").is_file():  # Blender: cameras at radius ~4 around the object
+    kind = scene_format(data)
+    if kind == "blender":  # cameras at radius ~4 around the object
         return BlenderDataParserConfig(data=data), (2.0, 6.0)
-    if (data / "transforms.json").is_file():  # nerfstudio / instant-ngp: poses scaled into [-1, 1]
+    if kind == "nerfstudio":  # instant-ngp style: poses scaled into [-1, 1]
         return NerfstudioDataParserConfig(data=data), (0.05, 4.0)
-    if (data / "poses_bounds.npy").is_file():  # LLFF: the parser's bounds override this near/far
-        return LLFFDataParserConfig(data=data, downscale_factor=llff_downscale), (1.0, 6.0)
-    raise ValueError(
-        f"{data} is not a Blender (transforms_train.json), nerfstudio (transforms.json) or LLFF (poses_bounds.npy) "
-        "scene; convert it with ns-process-data first."
-    )
+    return LLFFDataParserConfig(data=data, downscale_factor=1), (1.0, 6.0)  # the parser's bounds override these
 
 
 def _with_dir(scene: SceneConfig, output_dir: Path) -> SceneConfig:
@@ -187,7 +229,6 @@ def evaluate(teacher_config: Path, student_config: Path, root: Path) -> dict:
     summary["frame"] = [int(camera.height), int(camera.width)]
     summary["upscale"] = model.network.config.upscale
     summary["student"]["params"] = sum(p.numel() for p in model.network.parameters())
-    summary["full_scale_hours"] = full_scale_hours(model.network.config.upscale_factors)
     write_comparison(teacher, student, root / "comparison.png")
     write_turntable(student, root / "turntable.gif")
     return summary
@@ -211,55 +252,6 @@ def export_student(student_config: Path, directory: Path, frame: list[int], upsc
         return []
     return [{"file": str(file.path), "weights": file.weights, "megabytes": file.size_bytes / 1e6,
              "verified": file.verification.passed} for file in exported]  # fmt: skip
-
-
-# The paper's recipe (DESIGN.md): a vanilla-NeRF teacher trained nerfstudio's Blender budget, 10k pseudo
-# views (8k forward-facing), a width-256 N=28 student trained 600k steps on 54 images (36 forward-facing).
-PAPER_TEACHER_STEPS, PAPER_TEACHER_RAYS = 16_000, 1024
-PAPER_VIEWS = {8: 10_000, 12: 8_000}
-PAPER_BATCH = {8: 54, 12: 36}
-PAPER_FRAME = {8: (800, 800), 12: (756, 1008)}
-PAPER_STUDENT_STEPS = 600_000
-TRAIN_COST = 3  # a training step costs ~3 forward passes (forward, and backward to inputs and weights)
-
-
-def full_scale_hours(upscale_factors: tuple[int, ...]) -> dict[str, float]:
-    """How long the paper-scale run would take on this machine: the paper's networks timed here (a vanilla-NeRF
-    teacher on a 32×32 patch, since its cost per ray is the same everywhere; the N=28 student on a whole frame)."""
-    scale = int(np.prod(upscale_factors))
-    full_h, full_w = PAPER_FRAME[scale]
-    box = SceneBox(torch.tensor([[-1.5] * 3, [1.5] * 3]))
-    vanilla = NASNeRFModelConfig().setup(scene_box=box, num_train_data=1).eval()  # the collider's near 2 / far 6
-    c2w = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 4.0]]])  # looks at the origin
-    patch = pinhole_cameras(c2w, 32, 32, 1111.0, 1111.0, 16.0, 16.0)
-    with torch.no_grad():
-        seconds_per_ray = frame_seconds(lambda: vanilla.get_outputs_for_camera(patch), repeats=1) / 32**2
-    render = prepare_for_inference(LightFieldNetwork(LightFieldNetworkConfig(upscale_factors=upscale_factors)))
-    grid = torch.zeros(1, RayEncodingConfig().num_channels, full_h // scale, full_w // scale)
-    render(grid)  # warm-up
-    student_frame = frame_seconds(lambda: render(grid), repeats=1)
-    seconds = {
-        "teacher": PAPER_TEACHER_STEPS * PAPER_TEACHER_RAYS * TRAIN_COST * seconds_per_ray,
-        "pseudo_views": PAPER_VIEWS[scale] * full_h * full_w * seconds_per_ray,
-        "student": PAPER_STUDENT_STEPS * PAPER_BATCH[scale] * TRAIN_COST * student_frame,
-    }
-    return {stage: value / 3600 for stage, value in seconds.items()}
-
-
-def _duration(hours: float) -> str:
-    if hours < 48:
-        return f"{hours:.1f} h"
-    return f"{hours / 24:.0f} days" if hours < 24 * 365 else f"{hours / 24 / 365:.1f} years"
-
-
-def full_scale_line(hours: dict[str, float]) -> str:
-    stages = ", ".join(f"{stage.replace('_', ' ')} {_duration(value)}" for stage, value in hours.items())
-    return (
-        f"The paper-scale run (vanilla-NeRF teacher 16k steps, 10k pseudo views or 8k forward-facing, N=28 student "
-        f"600k steps) would take "
-        f"~{_duration(sum(hours.values()))} on this machine ({stages}); the paper used 1–2 days on 4 V100s. "
-        "Scale out: shard pseudo views with ns-mobile-pseudo-views --shard k --num-shards n, train on GPUs."
-    )
 
 
 def write_comparison(teacher: Pipeline, student: Pipeline, path: Path, count: int = 4) -> None:
@@ -307,5 +299,4 @@ def summary_table(summary: dict) -> Table:
 
 
 def entrypoint() -> None:
-    tyro.extras.set_accent_color("bright_yellow")
-    tyro.cli(Demo).main()
+    run_cli(Demo, (SceneError,), "ns-mobile-demo", CONSOLE)

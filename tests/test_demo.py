@@ -4,10 +4,16 @@ the phone packages, and a re-run that resumes instead of retraining."""
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 
 import imageio.v2 as imageio
+import pytest
 from conftest import ns_command, run_ns
+
+from nas_nerf.scenes import SceneConfig, generate_scene
+from nerfstudio_mobile.demo import Demo
+from nerfstudio_mobile.run_estimate import CostRates, paper_plan
 
 TINY = [
     "--scene.image-size", "32", "--scene.num-train", "16", "--scene.num-test", "2",
@@ -27,8 +33,10 @@ def test_demo_runs_the_whole_story_and_resumes(tmp_path: Path) -> None:
     packages = {Path(e["file"]).name: e for e in summary["exports"]}
     assert set(packages) == {"student-pose-fp16.mlpackage", "student-pose-palettize4.mlpackage", "student-pose.onnx"}
     assert all(e["verified"] and Path(e["file"]).exists() for e in packages.values())
-    assert all(hours > 0 for hours in summary["full_scale_hours"].values())
+    assert set(summary["estimated_hours"]["this_run"]) == {"teacher", "pseudo_views", "student", "eval"}
+    assert set(summary["estimated_hours"]["paper"]) == {"teacher", "pseudo_views", "student"}
     printed = " ".join(first.stdout.split())  # rich wraps lines at the terminal width
+    assert printed.index("This run on this machine") < printed.index("training the teacher")  # said first
     assert "paper-scale run" in printed and "Phone packages" in printed
     # ground truth | teacher | student for each of the 2 test views; a 36-frame turntable at the scene's size
     assert imageio.imread(output / "comparison.png").shape == (2 * 32, 3 * 32, 3)
@@ -38,3 +46,30 @@ def test_demo_runs_the_whole_story_and_resumes(tmp_path: Path) -> None:
     printed = " ".join(second.stdout.split())
     assert "teacher: already trained" in printed and "student: already trained" in printed
     assert json.loads((output / "summary.json").read_text())["student"]["psnr"] == summary["student"]["psnr"]
+
+
+def test_demo_on_real_data_trains_on_a_shrunk_copy_and_says_what_the_originals_would_cost(tmp_path: Path) -> None:
+    scene = generate_scene(SceneConfig(output_dir=tmp_path / "scene", image_size=64, num_train=4, num_test=2))
+    demo = Demo(output_dir=tmp_path / "demo", data=scene, max_image_size=32, max_test_views=1)
+    root = demo.output_dir.resolve()
+    data = demo.scene_data(root)
+    assert data == root / "data" / "scene_32px"
+    plan = demo.plan(demo.teacher_config(data, root))
+    assert (plan.frame, plan.test_views) == ((32, 32), 1)
+    rates = CostRates(teacher_train_ray=1e-4, teacher_render_ray=1e-4, student_train_pixel=1e-6)
+    plans = {"this_run": plan, "paper": paper_plan((2, 2, 2))}
+    text = " ".join(demo.plan_text(plans, {"this_run": rates, "paper": rates}, data, root).split())
+    assert "shrunk from 64×64; --max-image-size 0 would train on the originals" in text
+    # 4× the pixels and 2× the test views: pseudo views cost 4×, eval 8×
+    hours, originals = plan.hours(rates), demo.plan(demo.teacher_config(scene, root)).hours(rates)
+    assert originals["pseudo_views"] == pytest.approx(4 * hours["pseudo_views"])
+    assert originals["eval"] == pytest.approx(8 * hours["eval"])
+
+
+def test_demo_refuses_a_folder_that_is_no_scene_in_one_line(tmp_path: Path) -> None:
+    result = subprocess.run([ns_command("ns-mobile-demo"), "--data", str(tmp_path / "nowhere")], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 2
+    printed = " ".join(result.stdout.split())
+    assert "is not a Blender" in printed and "ns-process-data" in printed and "Traceback" not in result.stderr
+    assert not (tmp_path / "demo").exists()  # nothing trained, nothing written

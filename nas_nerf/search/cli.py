@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import optuna
 import torch
-import tyro
 from rich.console import Console
 
+from nas_nerf.cli_errors import run_cli
 from nas_nerf.search import SearchError
 from nas_nerf.search.report import write_report
 from nas_nerf.search.study import Search, SearchConfig
@@ -48,13 +48,7 @@ class NASSearch(SearchConfig):
 
 
 def entrypoint() -> None:
-    tyro.extras.set_accent_color("bright_yellow")
-    search = tyro.cli(NASSearch)
-    try:
-        search.main()
-    except SearchError as err:
-        CONSOLE.print(f"[bold red]ns-nas-search:[/] {err}")
-        sys.exit(2)
+    run_cli(NASSearch, (SearchError,), "ns-nas-search", CONSOLE)
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import tyro
 from rich.console import Console
 from rich.table import Table
 
+from nas_nerf.cli_errors import run_cli
 from nerfstudio_mobile.export.errors import ExportError
 from nerfstudio_mobile.export.files import atomic_output_dir, check_output_dir
 from nerfstudio_mobile.export.pipeline import ExportedFile, export_coreml_files, export_onnx_files
@@ -146,13 +147,7 @@ Commands = (
 
 
 def entrypoint() -> None:
-    tyro.extras.set_accent_color("bright_yellow")
-    command = tyro.cli(Commands)
-    try:
-        command.main()
-    except (ExportError, FileNotFoundError) as error:
-        CONSOLE.print(f"[bold red]{error}")
-        sys.exit(2)
+    run_cli(Commands, (ExportError, FileNotFoundError), "ns-export-mobile", CONSOLE)
 
 
 if __name__ == "__main__":
