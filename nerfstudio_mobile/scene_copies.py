@@ -52,6 +52,8 @@ def scene_format(data: Path) -> SceneFormat:
 def downscaled_copy(source: Path, parent: Path, max_size: int, max_test_views: int) -> Path:
     """`source` itself when its images fit in max_size×max_size (and, for Blender, its test split in
     max_test_views); else a copy under `parent` that does. The copy is reused when it is complete."""
+    if max_size < 1 or max_test_views < 1:
+        raise SceneError(f"max image size and max test views must be at least 1, got {max_size} and {max_test_views}.")
     source = source.resolve()
     kind = scene_format(source)
     largest = largest_side(source, kind)
@@ -96,17 +98,30 @@ def _copy_blender(source: Path, target: Path, max_size: int, max_test_views: int
 def _copy_nerfstudio(source: Path, target: Path, max_size: int) -> None:
     meta = json.loads((source / "transforms.json").read_text())
     for index, frame in enumerate(meta["frames"]):
-        sx, sy = _shrink(source / frame["file_path"], target / frame["file_path"], max_size)
-        for key in ("mask_path", "depth_file_path"):  # per-pixel labels and metric depths: no blending
-            if key in frame:
-                _shrink(source / frame[key], target / frame[key], max_size, Image.Resampling.NEAREST)
-        if index == 0:  # shared intrinsics are those of every frame that has none of its own
-            _scale_intrinsics(meta, sx, sy)
-        _scale_intrinsics(frame, sx, sy)
+        for key, folder in (("file_path", "images"), ("mask_path", "masks"), ("depth_file_path", "depths")):
+            if key not in frame:
+                continue
+            copied = _inside(frame[key], folder)
+            # per-pixel labels and metric depths: nearest neighbour, never blended
+            resample = Image.Resampling.LANCZOS if key == "file_path" else Image.Resampling.NEAREST
+            scale = _shrink(source / frame[key], target / copied, max_size, resample)
+            frame[key] = copied
+            if key == "file_path":
+                if index == 0:  # shared intrinsics are those of every frame that has none of its own
+                    _scale_intrinsics(meta, *scale)
+                _scale_intrinsics(frame, *scale)
     if "ply_file_path" in meta:
-        (target / meta["ply_file_path"]).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(source / meta["ply_file_path"], target / meta["ply_file_path"])
+        copied = _inside(meta["ply_file_path"], ".")
+        shutil.copy(source / meta["ply_file_path"], target / copied)
+        meta["ply_file_path"] = copied
     (target / "transforms.json").write_text(json.dumps(meta, indent=2))
+
+
+def _inside(path: str, folder: str) -> str:
+    """Where a file goes in the copy: where it was, unless that is outside the scene folder (an absolute or ../
+    path, which nerfstudio allows); then into folder/, so the copy never writes outside itself."""
+    file = Path(path)
+    return path if not file.is_absolute() and ".." not in file.parts else f"{folder}/{file.name}"
 
 
 def _copy_llff(source: Path, target: Path, max_size: int) -> None:

@@ -70,6 +70,7 @@ def test_nerfstudio_copy_scales_intrinsics_masks_and_depths(blender: Path, tmp_p
         paths = {"file_path": f"images/{i}.png", "mask_path": f"masks/{i}.png", "depth_file_path": f"depths/{i}.npy"}
         frames.append({**paths, "transform_matrix": frame["transform_matrix"]})
     frames[0]["fl_x"] = focal * 1.1  # its own intrinsics (nerfstudio 1.1.5 reads them only without shared ones)
+    frames[1]["file_path"] = str(source / "images" / "1.png")  # absolute paths are allowed too
     intrinsics = {"fl_x": focal, "fl_y": focal, "cx": SIZE / 2, "cy": SIZE / 2, "w": SIZE, "h": SIZE}
     (source / "transforms.json").write_text(json.dumps({**intrinsics, "camera_model": "OPENCV", "frames": frames}))
 
@@ -79,6 +80,8 @@ def test_nerfstudio_copy_scales_intrinsics_masks_and_depths(blender: Path, tmp_p
     assert copied["fl_x"] == pytest.approx(focal / 2) and copied["frames"][0]["fl_x"] == pytest.approx(focal * 0.55)
     assert set(np.unique(imageio.imread(copy / "masks" / "0.png"))) <= {0, 255}  # nearest, not blended
     assert np.load(copy / "depths" / "0.npy").shape == (SIZE // 2, SIZE // 2)
+    assert copied["frames"][1]["file_path"] == "images/1.png"  # into the copy, the original left alone
+    assert imageio.imread(source / "images" / "1.png").shape[:2] == (SIZE, SIZE)
     parser = NerfstudioDataParserConfig(data=copy, train_split_fraction=1.0)
     assert torch.allclose(cameras(parser).fx, torch.tensor(focal / 2, dtype=torch.float32))
 
