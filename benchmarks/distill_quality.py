@@ -62,7 +62,7 @@ class DistillQuality:
         files = list(cache.glob("*.npz"))
         summary["pseudo_view_bytes"] = sum(f.stat().st_size for f in files) / len(files)
         summary["machine"] = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-        summary["setup"] = vars(self)
+        summary["setup"] = {**vars(self), "max_image_size": demo.max_image_size}
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / f"distill_{self.scene}.json").write_text(json.dumps(summary, indent=2))
         (RESULTS / f"distill_{self.scene}.md").write_text(markdown(self.scene, summary))

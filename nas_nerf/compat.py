@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import warnings
 from pathlib import Path
 
@@ -22,6 +23,25 @@ def allow_numpy_in_checkpoints() -> None:
     nerfstudio's schedulers store; `eval_setup` and `--load-dir` would then fail. Allow them."""
     numpy_dtypes = [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
     torch.serialization.add_safe_globals([np._core.multiarray.scalar, np.dtype, *numpy_dtypes])
+
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
+KEPT_FREED_BYTES = 1 << 30
+
+
+def keep_freed_memory(threshold: int = KEPT_FREED_BYTES) -> bool:
+    """Let glibc reuse freed blocks below `threshold` bytes instead of unmapping them at every free.
+
+    A teacher's 4096-ray render chunk allocates tensors of tens of MB per op; glibc serves any block above
+    32 MB with a fresh mmap and unmaps it on free, so each op pays page faults to zero new pages: teacher renders
+    (pseudo views, eval, viewer) ran 2.2× slower (benchmarks/results/malloc_reuse.md); training steps, with
+    smaller blocks, barely change. (tcmalloc or jemalloc via LD_PRELOAD do the same; this needs no install.)
+    Returns False where there is no glibc (macOS, musl): nothing changes there."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, threshold)) and bool(libc.mallopt(M_TRIM_THRESHOLD, threshold))
 
 
 def lpips_weights_available() -> bool:
