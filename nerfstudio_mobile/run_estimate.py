@@ -61,8 +61,8 @@ class CostRates:
 
     @classmethod
     def measure(cls, plan: RunPlan, render_patch: int = 64) -> CostRates:
-        """Teacher rendering is timed on a render_patch² camera (a ray costs the same anywhere in a frame). The
-        default, 64² = one of nerfstudio's 4096-ray render chunks, is 2× slower per ray than 16² (caches)."""
+        """Teacher rendering is timed on a render_patch² camera (a ray costs the same anywhere in a frame); the
+        default, 64², is one of the 4096-ray chunks nerfstudio renders a frame in."""
         teacher_train_ray, teacher_render_ray = _teacher_rates(plan.teacher, plan.teacher_rays, render_patch)
         student_batch = min(plan.images_per_batch, MAX_TIMED_STUDENT_BATCH)
         return cls(teacher_train_ray, teacher_render_ray, _student_rate(plan.student, plan.frame, student_batch))
