@@ -30,6 +30,7 @@ from nas_nerf.model import NASNeRFModelConfig
 from nerfstudio_mobile.datamanager import pinhole_cameras
 from nerfstudio_mobile.encoding import RayEncodingConfig, encode_rays
 from nerfstudio_mobile.network import LightFieldNetwork, LightFieldNetworkConfig, count_macs, prepare_for_inference
+from nerfstudio_mobile.run_estimate import looking_at_origin
 
 FRAME = 800
 FOCAL = 1111.0  # Blender lego at 800×800
@@ -57,11 +58,6 @@ def cpu_model() -> str:
     return "unknown CPU"
 
 
-def camera_to_world() -> Tensor:
-    """A camera 4 units from the origin looking at it, as in a 360 capture (nerfstudio's OpenGL convention)."""
-    return torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 4.0]])
-
-
 def example_rays(grid: int, config: RayEncodingConfig) -> Tensor:
     """The encoded low-res ray grid of the 800×800 frame (pixel centres, focal scaled with the grid)."""
     scale = grid / FRAME
@@ -69,7 +65,7 @@ def example_rays(grid: int, config: RayEncodingConfig) -> Tensor:
     directions = torch.stack([(u - grid / 2) / (FOCAL * scale), -(v - grid / 2) / (FOCAL * scale),
                               -torch.ones_like(u)], dim=-1)  # fmt: skip
     directions = torch.nn.functional.normalize(directions, dim=-1)
-    origins = camera_to_world()[:, 3].expand(grid, grid, 3)
+    origins = looking_at_origin()[:, 3].expand(grid, grid, 3)
     return encode_rays(origins[None], directions[None], 2.0, 6.0, config)
 
 
@@ -122,7 +118,7 @@ def student_rows(args: Args) -> list[dict]:
 
 def teacher_rows(args: Args) -> list[dict]:
     crop = args.teacher_crop
-    camera = pinhole_cameras(camera_to_world()[None], crop, crop, FOCAL, FOCAL, crop / 2, crop / 2)
+    camera = pinhole_cameras(looking_at_origin()[None], crop, crop, FOCAL, FOCAL, crop / 2, crop / 2)
     scene_box = SceneBox(torch.tensor([[-1.5] * 3, [1.5] * 3]))
     renders, rows = {}, []
     for tier, (coarse, fine) in PAPER_LEGO_CELLS.items():

@@ -102,8 +102,7 @@ class Demo:
         """The generated scene, or --data (a shrunk copy of it when its images are larger than max_image_size)."""
         if self.data is None:
             return generate_scene(_with_dir(self.scene, root / "scene"))
-        scene_format(self.data)  # a wrong path fails here, with what to do, before anything is copied
-        if self.max_image_size <= 0:
+        if self.max_image_size <= 0:  # a wrong path fails in dataparser_for, with what to do
             return self.data.resolve()
         return downscaled_copy(self.data, root / "data", self.max_image_size, self.max_test_views)
 

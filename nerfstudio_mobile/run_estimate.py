@@ -104,6 +104,11 @@ def plan_line(hours: dict[str, float]) -> str:
     return f"~{duration(sum(hours.values()))} ({stages})"
 
 
+def looking_at_origin() -> torch.Tensor:
+    """A camera-to-world 4 units from the origin looking at it, as in a 360 capture (nerfstudio's OpenGL axes)."""
+    return torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 4.0]])
+
+
 def _seconds(work: Callable[[], object]) -> float:
     """The second of two runs (the first pays for allocation and kernel selection)."""
     work()
@@ -115,8 +120,7 @@ def _seconds(work: Callable[[], object]) -> float:
 def _teacher_rates(config: NASNeRFModelConfig, rays: int, patch: int) -> tuple[float, float]:
     box = SceneBox(torch.tensor([[-1.5] * 3, [1.5] * 3]))
     model = config.setup(scene_box=box, num_train_data=1)
-    c2w = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 4.0]]])  # looks at the origin
-    camera = pinhole_cameras(c2w, patch, patch, 1111.0, 1111.0, patch / 2, patch / 2)
+    camera = pinhole_cameras(looking_at_origin()[None], patch, patch, 1111.0, 1111.0, patch / 2, patch / 2)
     timed_rays = min(rays, MAX_TIMED_TRAINING_RAYS, patch**2)
     bundle = camera.generate_rays(camera_indices=0).flatten()[:timed_rays]
 

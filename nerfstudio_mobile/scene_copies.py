@@ -198,5 +198,6 @@ def _llff_full_size(source: Path) -> tuple[float, float]:
 
 def _llff_folder(source: Path, max_size: int) -> Path:
     factors = [int(p.name.removeprefix("images_")) for p in source.glob("images_*") if p.name[7:].isdigit()]
-    large_enough = [f for f in factors if max(_llff_full_size(source)) / f >= max_size]
+    full = max(_llff_full_size(source))
+    large_enough = [f for f in factors if full / f >= max_size]
     return source / f"images_{max(large_enough)}" if large_enough else source / "images"
