@@ -20,8 +20,8 @@ import torch
 import tyro
 from shared_scenes import SHARED_DATA
 
-from nerfstudio_mobile.demo import Demo
-from nerfstudio_mobile.network import LightFieldNetworkConfig
+from nerfstudio_mobile.demo.demo import Demo
+from nerfstudio_mobile.mobile_r2l.network import LightFieldNetworkConfig
 
 RESULTS = Path(__file__).parent / "results"
 WORK = Path(__file__).parent / "work"

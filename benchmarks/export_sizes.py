@@ -19,14 +19,15 @@ from pathlib import Path
 import torch
 import tyro
 
-from nerfstudio_mobile.encoding import RayEncodingConfig
+from nerfstudio_mobile.common.intrinsics import Intrinsics
 from nerfstudio_mobile.export import coreml
 from nerfstudio_mobile.export.files import file_size
 from nerfstudio_mobile.export.graphs import export_graph
 from nerfstudio_mobile.export.pipeline import export_coreml_files
-from nerfstudio_mobile.export.sidecar import COMPRESSIONS, ExportFrame, Intrinsics, export_frame, sidecar, weights_label
+from nerfstudio_mobile.export.sidecar import COMPRESSIONS, ExportFrame, export_frame, sidecar, weights_label
 from nerfstudio_mobile.export.student import load_student
-from nerfstudio_mobile.network import LightFieldNetwork, LightFieldNetworkConfig
+from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig
+from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, LightFieldNetworkConfig
 
 PAPER_FP16_MB = 8.3
 GOAL_4BIT_MB = 2.2

@@ -1,4 +1,5 @@
-"""What `nas_nerf.compat.keep_freed_memory` buys: the three cost rates of `ns-mobile-demo`'s run (teacher training
+"""What `keep_freed_memory` (nerfstudio_mobile.common.compat) buys: the three cost rates of `ns-mobile-demo`'s run
+(teacher training
 and rendering per ray, student training per pixel) with glibc's mmap threshold at 32 MB (the most its dynamic
 default ever reaches) and at 1 GiB (what every ns-* command sets when our plugins load), interleaved in one
 process so the machine's noise hits both.
@@ -17,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nas_nerf.compat import KEPT_FREED_BYTES, keep_freed_memory
-from nerfstudio_mobile.demo import Demo
-from nerfstudio_mobile.run_estimate import CostRates
+from nerfstudio_mobile.common.compat import KEPT_FREED_BYTES, keep_freed_memory
+from nerfstudio_mobile.demo.demo import Demo
+from nerfstudio_mobile.demo.run_estimate import CostRates
 
 RESULTS = Path(__file__).parent / "results"
 SETTINGS = {"glibc default (32 MB)": 32 << 20, "ours (1 GiB)": KEPT_FREED_BYTES}

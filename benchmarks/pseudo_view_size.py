@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import tyro
 
-from nerfstudio_mobile.cache import CacheMeta, PseudoViewCache
-from nerfstudio_mobile.teacher import Teacher
+from nerfstudio_mobile.mobile_r2l.cache import CacheMeta, PseudoViewCache
+from nerfstudio_mobile.mobile_r2l.teacher import Teacher
 
 RESULTS = Path(__file__).parent / "results"
 

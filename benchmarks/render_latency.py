@@ -27,10 +27,15 @@ from torch import Tensor
 from nas_nerf.complexity import model_complexity
 from nas_nerf.configs import PAPER_LEGO_CELLS
 from nas_nerf.model import NASNeRFModelConfig
-from nerfstudio_mobile.datamanager import pinhole_cameras
-from nerfstudio_mobile.encoding import RayEncodingConfig, encode_rays
-from nerfstudio_mobile.network import LightFieldNetwork, LightFieldNetworkConfig, count_macs, prepare_for_inference
-from nerfstudio_mobile.run_estimate import looking_at_origin
+from nerfstudio_mobile.common.intrinsics import Intrinsics
+from nerfstudio_mobile.demo.run_estimate import looking_at_origin
+from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig, encode_rays
+from nerfstudio_mobile.mobile_r2l.network import (
+    LightFieldNetwork,
+    LightFieldNetworkConfig,
+    count_macs,
+    prepare_for_inference,
+)
 
 FRAME = 800
 FOCAL = 1111.0  # Blender lego at 800×800
@@ -118,7 +123,7 @@ def student_rows(args: Args) -> list[dict]:
 
 def teacher_rows(args: Args) -> list[dict]:
     crop = args.teacher_crop
-    camera = pinhole_cameras(looking_at_origin()[None], crop, crop, FOCAL, FOCAL, crop / 2, crop / 2)
+    camera = Intrinsics(FOCAL, FOCAL, crop / 2, crop / 2, crop, crop).cameras(looking_at_origin()[None])
     scene_box = SceneBox(torch.tensor([[-1.5] * 3, [1.5] * 3]))
     renders, rows = {}, []
     for tier, (coarse, fine) in PAPER_LEGO_CELLS.items():

@@ -22,7 +22,7 @@ from nas_nerf.search.cli import NASSearch
 from nas_nerf.search.report import markdown_table
 from nas_nerf.search.study import PrunerConfig
 from nas_nerf.search.train import TrialTraining
-from nerfstudio_mobile.scene_copies import downscaled_copy
+from nerfstudio_mobile.data.scene_copies import downscaled_copy
 
 RESULTS = Path(__file__).parent / "results"
 GOALS = "XXS: >= 20x fewer FLOPs and >= 4.7x faster than vanilla; S: within 0.005 SSIM of vanilla at >= 3x fewer FLOPs"

@@ -1,7 +1,7 @@
 """Where the real scenes are: ../shared/data beside the checkout (licences in SOURCES.md there).
 
 Benchmarks read them in place and train on shrunk copies under benchmarks/work/ (git-ignored,
-nerfstudio_mobile.scene_copies); nothing of them is ever copied into the package.
+nerfstudio_mobile.data.scene_copies); nothing of them is ever copied into the package.
 """
 
 from __future__ import annotations

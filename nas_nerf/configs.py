@@ -11,13 +11,9 @@ from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from nas_nerf.cell import FieldCellConfig
-from nas_nerf.compat import allow_numpy_in_checkpoints, default_device_type, keep_freed_memory
 from nas_nerf.model import NASNeRFModelConfig
-from nas_nerf.runs import AtomicCheckpointTrainer
-
-# Every ns-* command loads this module through the entry point before it reads a checkpoint.
-allow_numpy_in_checkpoints()
-keep_freed_memory()  # teacher renders on CPUs 2.2× faster
+from nerfstudio_mobile.common.checkpoints import AtomicCheckpointTrainer
+from nerfstudio_mobile.common.compat import default_device_type
 
 # The paper's architectures for Lego (NAS-NeRF, Table 1): (coarse, fine) depths and channels.
 PAPER_LEGO_CELLS: dict[str, tuple[FieldCellConfig, FieldCellConfig]] = {

@@ -21,12 +21,11 @@ from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps, misc
 from torch import Tensor
 from torch.nn import Parameter
-from torchmetrics.functional import structural_similarity_index_measure
-from torchmetrics.image import PeakSignalNoiseRatio
 
 from nas_nerf.cell import FieldCellConfig, load_architecture
-from nas_nerf.compat import optional_lpips
 from nas_nerf.field import CellField
+from nerfstudio_mobile.common.compat import optional_lpips
+from nerfstudio_mobile.common.metrics import image_metrics, psnr
 
 
 @dataclass
@@ -79,7 +78,6 @@ class NASNeRFModel(Model):
         self.renderer_accumulation = AccumulationRenderer()
         self.renderer_depth = DepthRenderer()
         self.rgb_loss = MSELoss()
-        self.psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.lpips = optional_lpips()
 
     def get_param_groups(self) -> dict[str, list[Parameter]]:
@@ -112,7 +110,7 @@ class NASNeRFModel(Model):
 
     def get_metrics_dict(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
         pred, image = self._blended(outputs, batch["image"].to(self.device), "")
-        return {"psnr": self.psnr(pred, image)}
+        return {"psnr": psnr(image, pred)}
 
     def get_loss_dict(
         self, outputs: dict[str, Tensor], batch: dict[str, Tensor], metrics_dict: dict | None = None
@@ -139,16 +137,3 @@ class NASNeRFModel(Model):
             ),
         }
         return metrics, images
-
-
-def image_metrics(image: Tensor, prediction: Tensor, lpips: torch.nn.Module | None = None) -> dict[str, float]:
-    """PSNR, SSIM (torchmetrics, data_range 1.0) and LPIPS when available, for [H, W, 3] images in [0, 1]."""
-    gt, pred = image.permute(2, 0, 1)[None].float(), prediction.permute(2, 0, 1)[None].float().clamp(0, 1)
-    mse = torch.mean((gt - pred) ** 2)
-    metrics = {
-        "psnr": float(-10.0 * torch.log10(mse.clamp_min(1e-10))),
-        "ssim": float(structural_similarity_index_measure(pred, gt, data_range=1.0)),
-    }
-    if lpips is not None:
-        metrics["lpips"] = float(lpips.to(pred.device)(pred, gt))
-    return metrics

@@ -13,7 +13,7 @@ import pytest
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.pipelines.base_pipeline import Pipeline
 
-from nas_nerf.scenes import SceneConfig, generate_scene
+from nerfstudio_mobile.data.scenes import SceneConfig, generate_scene
 
 # A teacher small enough to train in about a minute on 2 CPU cores, big enough to learn the scene.
 TEACHER_ITERATIONS = 600

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from nerfstudio_mobile.cache import (
+from nerfstudio_mobile.mobile_r2l.cache import (
     CacheMeta,
     CorruptViewError,
     PseudoViewCache,
@@ -18,7 +18,7 @@ from nerfstudio_mobile.cache import (
     collate_views,
     generate_views,
 )
-from nerfstudio_mobile.views import SphereViewSampler
+from nerfstudio_mobile.mobile_r2l.views import SphereViewSampler
 
 SIZE = 24
 NUM_VIEWS = 10

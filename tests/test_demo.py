@@ -11,9 +11,9 @@ import imageio.v2 as imageio
 import pytest
 from conftest import ns_command, run_ns
 
-from nas_nerf.scenes import SceneConfig, generate_scene
-from nerfstudio_mobile.demo import Demo
-from nerfstudio_mobile.run_estimate import CostRates, paper_plan
+from nerfstudio_mobile.data.scenes import SceneConfig, generate_scene
+from nerfstudio_mobile.demo.demo import Demo
+from nerfstudio_mobile.demo.run_estimate import CostRates, paper_plan
 
 TINY = [
     "--scene.image-size", "32", "--scene.num-train", "16", "--scene.num-test", "2",

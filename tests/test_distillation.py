@@ -13,18 +13,18 @@ import torch
 from conftest import STUDENT_PSEUDO_VIEWS, ns_command, run_ns, viewer_camera
 from nerfstudio.data.scene_box import SceneBox
 
-from nas_nerf.model import image_metrics
-from nas_nerf.runs import load_run
-from nerfstudio_mobile.cache import PseudoViewCache
-from nerfstudio_mobile.datamanager import (
+from nerfstudio_mobile.common.intrinsics import Intrinsics
+from nerfstudio_mobile.common.metrics import image_metrics
+from nerfstudio_mobile.common.runs import load_run
+from nerfstudio_mobile.mobile_r2l.cache import PseudoViewCache
+from nerfstudio_mobile.mobile_r2l.datamanager import (
     PseudoViewDataManager,
     PseudoViewDataManagerConfig,
     build_pseudo_view_cache,
-    pinhole_cameras,
 )
-from nerfstudio_mobile.model import MobileR2LModelConfig
-from nerfstudio_mobile.network import LightFieldNetworkConfig
-from nerfstudio_mobile.optimization import WarmupStepDecaySchedulerConfig
+from nerfstudio_mobile.mobile_r2l.model import MobileR2LModelConfig
+from nerfstudio_mobile.mobile_r2l.network import LightFieldNetworkConfig
+from nerfstudio_mobile.mobile_r2l.optimization import WarmupStepDecaySchedulerConfig
 
 
 def teacher_cache(teacher_run: Path) -> PseudoViewCache:
@@ -39,8 +39,7 @@ def test_student_learns_the_teachers_renders(mobile_r2l_run: Path, nas_nerf_run:
     untrained = config.pipeline.setup(device=student.device, test_mode="test").eval()
     meta = cache.meta
     views = [cache.read(i) for i in range(8)]
-    cameras = pinhole_cameras(torch.stack([torch.as_tensor(v.c2w) for v in views]), meta.height, meta.width,
-                              meta.fx, meta.fy, meta.cx, meta.cy)  # fmt: skip
+    cameras = meta.intrinsics.cameras(torch.stack([torch.as_tensor(v.c2w) for v in views]))
 
     def psnr(model: torch.nn.Module) -> float:
         with torch.no_grad():
@@ -57,9 +56,7 @@ def test_depth_channel_is_distilled(mobile_r2l_run: Path, nas_nerf_run: Path) ->
     _, student, _ = load_run(mobile_r2l_run)
     cache = teacher_cache(nas_nerf_run)
     view, meta = cache.read(0), cache.meta
-    camera = pinhole_cameras(
-        torch.as_tensor(view.c2w)[None], meta.height, meta.width, meta.fx, meta.fy, meta.cx, meta.cy
-    )
+    camera = meta.intrinsics.cameras(torch.as_tensor(view.c2w)[None])
     depth = student.model.get_outputs_for_camera(camera)["depth"][..., 0]
     teacher_depth = torch.as_tensor(view.depth).float()
     surface = teacher_depth > 0
@@ -139,7 +136,7 @@ def test_forward_facing_student_upscales_12x_and_renders_any_size() -> None:
         metadata={"mobile_r2l": {"upscale_factors": (2, 2, 3), "near_far": (0.5, 3.0)}},
     ).eval()  # fmt: skip
     assert model.upscale == 12
-    camera = pinhole_cameras(torch.eye(4)[None, :3], 50, 70, 60.0, 60.0, 35.0, 25.0)
+    camera = Intrinsics(60.0, 60.0, 35.0, 25.0, 70, 50).cameras(torch.eye(4)[None, :3])
     encoded, size = model.encode(camera, jitter=False)
     assert encoded.shape == (1, 312, 5, 6) and size == (50, 70)  # ceil(50/12), ceil(70/12)
     outputs = model.get_outputs_for_camera(camera)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from nerfstudio_mobile.encoding import RayEncodingConfig, encode_rays, positional_encoding, sample_points
+from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig, encode_rays, positional_encoding, sample_points
 
 
 def test_default_channel_count() -> None:

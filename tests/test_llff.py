@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from nas_nerf.llff import LLFFDataParserConfig
-from nas_nerf.scenes import SceneConfig, camera_poses, generate_scene
-from nerfstudio_mobile.views import detect_layout
+from nerfstudio_mobile.data.llff import LLFFDataParserConfig
+from nerfstudio_mobile.data.scenes import SceneConfig, camera_poses, generate_scene
+from nerfstudio_mobile.mobile_r2l.views import detect_layout
 
 FULL_SIZE = 96  # the poses' focal refers to this resolution; images_2 holds half of it
 

@@ -162,29 +162,35 @@ def test_cells_from_the_ns_train_command_line(capsys: pytest.CaptureFixture[str]
 
 
 def test_checkpoint_writes_are_atomic(tmp_path: Path) -> None:
-    """A crash while writing step 2 leaves step 1 complete and loadable, and no truncated step-2 file."""
+    """A crash while writing step 2 leaves step 1 complete and loadable, and nothing else in the checkpoint folder
+    (nerfstudio's resume parses every name there)."""
     from types import SimpleNamespace
 
     from torch.cuda.amp.grad_scaler import GradScaler
 
-    from nas_nerf.runs import AtomicCheckpointTrainer
+    from nerfstudio_mobile.common.checkpoints import AtomicCheckpointTrainer, checkpoint_steps
 
     trainer = AtomicCheckpointTrainer.__new__(AtomicCheckpointTrainer)
-    trainer.checkpoint_dir = tmp_path
+    trainer.checkpoint_dir = tmp_path / "nerfstudio_models"
     trainer.pipeline = torch.nn.Linear(2, 2)
     trainer.optimizers = SimpleNamespace(optimizers={}, schedulers={})
     trainer.grad_scaler = GradScaler(enabled=False)
     trainer.config = SimpleNamespace(save_only_latest_checkpoint=True)
     trainer.save_checkpoint(1)
 
-    def crash_mid_write(obj: object, path: Path, *args: object, **kwargs: object) -> None:
+    def killed_mid_write(obj: object, path: Path, *args: object, **kwargs: object) -> None:
         Path(path).write_bytes(b"truncated")
         raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt), mock.patch("nas_nerf.runs.torch.save", crash_mid_write):
+    with (
+        pytest.raises(KeyboardInterrupt),
+        mock.patch("nerfstudio_mobile.common.checkpoints.torch.save", killed_mid_write),
+    ):
         trainer.save_checkpoint(2)
-    assert sorted(p.name for p in tmp_path.glob("*.ckpt")) == ["step-000000001.ckpt"]
-    assert torch.load(tmp_path / "step-000000001.ckpt")["step"] == 1
+    assert [p.name for p in trainer.checkpoint_dir.iterdir()] == ["step-000000001.ckpt"]
+    assert torch.load(trainer.checkpoint_dir / "step-000000001.ckpt")["step"] == 1
+    (trainer.checkpoint_dir / ".step-000000002.ckpt.123-abc.partial").write_bytes(b"left by a 0.1 writer")
+    assert checkpoint_steps(trainer.checkpoint_dir) == [1]
 
 
 @pytest.mark.parametrize("metadata", [{}, {"near_far": (1.2, 6.5)}])

@@ -12,7 +12,7 @@ import yaml
 from conftest import TEACHER_ITERATIONS, ns_command, run_ns, viewer_camera
 
 from nas_nerf.complexity import cells_from_run
-from nas_nerf.runs import load_run, read_run_config
+from nerfstudio_mobile.common.runs import load_run, read_run_config
 
 
 def test_training_raises_psnr_well_above_the_untrained_model(nas_nerf_run: Path) -> None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from nerfstudio_mobile.network import (
+from nerfstudio_mobile.mobile_r2l.network import (
     LightFieldNetwork,
     LightFieldNetworkConfig,
     count_macs,

@@ -13,9 +13,10 @@ from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConf
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from test_llff import FULL_SIZE, write_llff
 
-from nas_nerf.llff import LLFFDataParserConfig
-from nas_nerf.scenes import SceneConfig, generate_scene
-from nerfstudio_mobile.scene_copies import SceneError, downscaled_copy
+from nerfstudio_mobile.data.formats import SceneError
+from nerfstudio_mobile.data.llff import LLFFDataParserConfig
+from nerfstudio_mobile.data.scene_copies import downscaled_copy
+from nerfstudio_mobile.data.scenes import SceneConfig, generate_scene
 
 SIZE = 32
 

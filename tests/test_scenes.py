@@ -1,4 +1,4 @@
-"""Tests of the offline synthetic-scene generator (nas_nerf.scenes): what users and other tests rely on."""
+"""Tests of the offline synthetic-scene generator (data/scenes): what users and other tests rely on."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import pytest
 import torch
 from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
 
-from nas_nerf import scenes
-from nas_nerf.scenes import SceneConfig, camera_poses, generate_scene, render_view
+from nerfstudio_mobile.data import scenes
+from nerfstudio_mobile.data.scenes import SceneConfig, camera_poses, generate_scene, render_view
 
 SMALL = dict(image_size=48, num_train=4, num_val=2, num_test=2, supersample=2)
 TINY = dict(image_size=16, num_train=3, num_val=1, num_test=1, supersample=1)

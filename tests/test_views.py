@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch.nn.functional import normalize
 
-from nerfstudio_mobile.views import (
+from nerfstudio_mobile.mobile_r2l.views import (
     MAX_POLAR_DEG,
     MIN_POLAR_DEG,
     ForwardFacingViewSampler,

@@ -8,6 +8,8 @@ report.py   architecture JSONs, the Table-1-style table (Markdown, CSV), the Par
 cli.py      the command line
 """
 
+from nerfstudio_mobile.common.cli import UsageError
 
-class SearchError(ValueError):
+
+class SearchError(UsageError, ValueError):
     """A problem with what the user asked for (ranges, budget, targets, storage); shown without a traceback."""

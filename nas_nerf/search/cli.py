@@ -14,10 +14,10 @@ import optuna
 import torch
 from rich.console import Console
 
-from nas_nerf.cli_errors import run_cli
 from nas_nerf.search import SearchError
 from nas_nerf.search.report import write_report
 from nas_nerf.search.study import Search, SearchConfig
+from nerfstudio_mobile.common.cli import run_cli
 
 CONSOLE = Console(width=None if sys.stdout.isatty() else 160)  # logs: long lines rather than wrapped ones
 
@@ -48,7 +48,7 @@ class NASSearch(SearchConfig):
 
 
 def entrypoint() -> None:
-    run_cli(NASSearch, (SearchError,), "ns-nas-search", CONSOLE)
+    run_cli(NASSearch, "ns-nas-search", CONSOLE)
 
 
 if __name__ == "__main__":

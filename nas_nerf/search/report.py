@@ -29,12 +29,12 @@ from rich.console import Console
 from rich.table import Table
 
 from nas_nerf.cell import FieldCellConfig, save_architecture
-from nas_nerf.compat import default_device_type
 from nas_nerf.model import NASNeRFModelConfig
 from nas_nerf.search.space import Architecture
 from nas_nerf.search.study import Record, SearchConfig, SearchResult
 from nas_nerf.search.targets import TIERS
 from nas_nerf.search.train import trainer_config
+from nerfstudio_mobile.common.compat import default_device_type
 
 VANILLA = Architecture(FieldCellConfig(), FieldCellConfig())
 TIER_COLOURS = {"s": "tab:green", "xs": "tab:orange", "xxs": "tab:red"}

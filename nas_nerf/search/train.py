@@ -23,9 +23,10 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
 
 from nas_nerf.configs import nas_nerf_trainer
-from nas_nerf.model import image_metrics
 from nas_nerf.search import SearchError
 from nas_nerf.search.space import Architecture
+from nerfstudio_mobile.common.metrics import image_metrics
+from nerfstudio_mobile.common.trainer import fixed_run
 
 Metrics = dict[str, float]
 
@@ -82,15 +83,9 @@ def trainer_config(
     config.pipeline.datamanager.data = data
     config.pipeline.datamanager.train_num_rays_per_batch = training.rays_per_batch
     config.optimizers["fields"]["optimizer"].lr = training.lr
-    config.output_dir, config.experiment_name, config.timestamp = output_dir, name, "run"
-    config.max_num_iterations = config.steps_per_save = steps
-    # nerfstudio's own evaluations would cost as much as the training; the search evaluates at its rungs.
-    config.steps_per_eval_batch = config.steps_per_eval_image = config.steps_per_eval_all_images = steps + 1
-    config.vis = "tensorboard"  # the viewer would block
     config.logging.local_writer.enable = False
-    config.logging.profiler = "none"
     config.machine.seed = training.seed
-    return config
+    return fixed_run(config, output_dir, name, steps, steps_per_save=steps)
 
 
 def train(

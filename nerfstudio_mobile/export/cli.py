@@ -21,8 +21,7 @@ import tyro
 from rich.console import Console
 from rich.table import Table
 
-from nas_nerf.cli_errors import run_cli
-from nerfstudio_mobile.export.errors import ExportError
+from nerfstudio_mobile.common.cli import run_cli
 from nerfstudio_mobile.export.files import atomic_output_dir, check_output_dir
 from nerfstudio_mobile.export.pipeline import ExportedFile, export_coreml_files, export_onnx_files
 from nerfstudio_mobile.export.sidecar import INPUT_MODES, Compression, ExportFrame, InputMode, export_frame
@@ -147,7 +146,7 @@ Commands = (
 
 
 def entrypoint() -> None:
-    run_cli(Commands, (ExportError, FileNotFoundError), "ns-export-mobile", CONSOLE)
+    run_cli(Commands, "ns-export-mobile", CONSOLE)
 
 
 if __name__ == "__main__":

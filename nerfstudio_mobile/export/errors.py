@@ -1,7 +1,9 @@
 """Problems a user can fix: the CLI prints their message, which says what to do, instead of a traceback."""
 
+from nerfstudio_mobile.common.cli import UsageError
 
-class ExportError(Exception):
+
+class ExportError(UsageError):
     """Base of the errors `ns-export-mobile` reports as a message."""
 
 

@@ -14,10 +14,10 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.dataparsers.base_dataparser import transform_poses_to_original_space
 from torch import Tensor, nn
 
-from nerfstudio_mobile.encoding import encode_rays, pinhole_rays
 from nerfstudio_mobile.export.sidecar import ExportFrame, InputMode
 from nerfstudio_mobile.export.student import Student
-from nerfstudio_mobile.network import LightFieldNetwork, fold_batchnorm
+from nerfstudio_mobile.mobile_r2l.encoding import encode_rays, pinhole_rays
+from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, fold_batchnorm
 
 
 def split_outputs(image: Tensor) -> tuple[Tensor, ...]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from nerfstudio_mobile.encoding import RayEncodingConfig
+from nerfstudio_mobile.common.intrinsics import Intrinsics
 from nerfstudio_mobile.export.errors import GridShapeError
 from nerfstudio_mobile.export.student import Student
-from nerfstudio_mobile.network import LightFieldNetworkConfig, count_macs
+from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig
+from nerfstudio_mobile.mobile_r2l.network import LightFieldNetworkConfig, count_macs
 
 InputMode = Literal["rays", "pose"]
 INPUT_MODES: tuple[InputMode, ...] = ("rays", "pose")
@@ -46,7 +47,7 @@ RAY_GRID = (
 
 
 def channel_order(encoding: RayEncodingConfig) -> str:
-    """The layout of the `rays` input, spelled out with this export's K and L (see nerfstudio_mobile.encoding)."""
+    """The layout of the `rays` input, spelled out with this export's K and L (see mobile_r2l/encoding.py)."""
     k, frequencies = encoding.num_points, encoding.num_frequencies
     d = 3 * k
     depths = "t_0 = near" if k == 1 else f"t_k = near * (1 - k / {k - 1}) + far * k / {k - 1}, k = 0..{k - 1}"
@@ -57,22 +58,6 @@ def channel_order(encoding: RayEncodingConfig) -> str:
         f"({frequencies} + f) * {d} + m = cos(2^f * x[m]) (no factor of pi); channel {2 * frequencies * d} + m "
         f"= x[m]. {encoding.num_channels} channels, computed in float32."
     )
-
-
-@dataclass(frozen=True)
-class Intrinsics:
-    """Pinhole intrinsics in pixels of an image of width x height."""
-
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    width: int
-    height: int
-
-    def resized(self, width: int, height: int) -> Intrinsics:
-        sx, sy = width / self.width, height / self.height
-        return Intrinsics(self.fx * sx, self.fy * sy, self.cx * sx, self.cy * sy, width, height)
 
 
 @dataclass(frozen=True)
@@ -96,11 +81,7 @@ class ExportFrame:
     @property
     def grid(self) -> Intrinsics:
         """Intrinsics of the low-resolution ray grid: the output's, divided by the upscale factor."""
-        s = self.upscale
-        output = self.output
-        return Intrinsics(
-            output.fx / s, output.fy / s, output.cx / s, output.cy / s, output.width // s, output.height // s
-        )
+        return self.output.downscaled(self.upscale)
 
     @property
     def output_names(self) -> tuple[str, ...]:

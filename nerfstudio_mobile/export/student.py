@@ -9,11 +9,11 @@ import torch
 from nerfstudio.cameras.cameras import Cameras
 from torch import Tensor
 
-from nas_nerf.runs import load_run, read_run_config
-from nerfstudio_mobile.encoding import RayEncodingConfig
+from nerfstudio_mobile.common.runs import load_run, read_run_config
 from nerfstudio_mobile.export.errors import NotAStudentError
-from nerfstudio_mobile.model import MobileR2LModel, MobileR2LModelConfig
-from nerfstudio_mobile.network import LightFieldNetworkConfig
+from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig
+from nerfstudio_mobile.mobile_r2l.model import MobileR2LModel, MobileR2LModelConfig
+from nerfstudio_mobile.mobile_r2l.network import LightFieldNetworkConfig
 
 
 @dataclass

@@ -12,10 +12,10 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import torch
 from nerfstudio.cameras.cameras import Cameras
 from torch import Tensor
 
+from nerfstudio_mobile.common.metrics import psnr
 from nerfstudio_mobile.export.graphs import graph_input
 from nerfstudio_mobile.export.sidecar import ExportFrame, InputMode
 from nerfstudio_mobile.export.student import Student
@@ -83,12 +83,6 @@ class Fidelity:
     psnr_images_export: float | None
 
 
-def psnr(reference: Tensor, image: Tensor) -> float:
-    """PSNR (dB) of images in [0, 1]; capped at 100 dB, as nas_nerf's image_metrics (identical images)."""
-    mse = torch.mean((reference.float() - image.float().clamp(0, 1)) ** 2)
-    return float(-10.0 * torch.log10(mse.clamp_min(1e-10)))
-
-
 def _mean(values: Sequence[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -99,13 +93,13 @@ def measure(run: Callable[[Tensor], Sequence[Tensor]], cases: list[Case]) -> Fid
     for case in cases:
         outputs = [output.float() for output in run(case.input)]
         rgb, reference_rgb = outputs[0][0].permute(1, 2, 0), case.reference[0][0].permute(1, 2, 0)
-        psnrs.append(psnr(reference_rgb, rgb))
+        psnrs.append(float(psnr(reference_rgb, rgb)))
         rgb_errors.append(float((rgb - reference_rgb).abs().max()))
         if len(outputs) > 1:
             depth_errors.append(float((outputs[1] - case.reference[1]).abs().max()))
         if case.image is not None:
-            torch_vs_images.append(psnr(case.image, reference_rgb))
-            export_vs_images.append(psnr(case.image, rgb))
+            torch_vs_images.append(float(psnr(case.image, reference_rgb)))
+            export_vs_images.append(float(psnr(case.image, rgb)))
     return Fidelity(
         psnr=_mean(psnrs) or math.nan,
         max_abs_rgb=max(rgb_errors),

@@ -22,27 +22,26 @@ import imageio.v2 as imageio
 import numpy as np
 import torch
 from nerfstudio.cameras.cameras import Cameras
-from nerfstudio.data.dataparsers.base_dataparser import DataParserConfig
-from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
-from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
 from rich.console import Console
 from rich.table import Table
 
 from nas_nerf.cell import FieldCellConfig
-from nas_nerf.cli_errors import run_cli
 from nas_nerf.configs import nas_nerf_trainer
-from nas_nerf.llff import LLFFDataParserConfig
-from nas_nerf.runs import load_run
-from nas_nerf.scenes import SceneConfig, generate_scene
-from nerfstudio_mobile.configs import mobile_r2l_trainer
-from nerfstudio_mobile.datamanager import pinhole_cameras
+from nerfstudio_mobile.common.checkpoints import checkpoint_steps
+from nerfstudio_mobile.common.cli import run_cli
+from nerfstudio_mobile.common.intrinsics import Intrinsics
+from nerfstudio_mobile.common.runs import load_run
+from nerfstudio_mobile.common.trainer import fixed_run
+from nerfstudio_mobile.data.formats import dataparser_for
+from nerfstudio_mobile.data.scene_copies import downscaled_copy
+from nerfstudio_mobile.data.scenes import SceneConfig, generate_scene
+from nerfstudio_mobile.demo.run_estimate import CostRates, RunPlan, paper_plan, plan_line
 from nerfstudio_mobile.export.errors import MissingDependencyError
-from nerfstudio_mobile.network import LightFieldNetworkConfig, prepare_for_inference
-from nerfstudio_mobile.run_estimate import CostRates, RunPlan, paper_plan, plan_line
-from nerfstudio_mobile.scene_copies import SceneError, downscaled_copy, scene_format
-from nerfstudio_mobile.views import SphereViewSampler
+from nerfstudio_mobile.mobile_r2l.configs import mobile_r2l_trainer
+from nerfstudio_mobile.mobile_r2l.network import LightFieldNetworkConfig, prepare_for_inference
+from nerfstudio_mobile.mobile_r2l.views import SphereViewSampler
 
 CONSOLE = Console()
 IMAGES_PER_BATCH = 8
@@ -142,7 +141,7 @@ class Demo:
         config.pipeline.datamanager.data = data
         config.pipeline.datamanager.train_num_rays_per_batch = self.teacher_rays
         config.optimizers["fields"]["optimizer"].lr = 5e-3
-        return _quiet(config, root, "teacher", self.teacher_steps)
+        return fixed_run(config, root / "runs", "teacher", self.teacher_steps, max(100, self.teacher_steps // 4))
 
     def student_config(self, teacher: Path, root: Path) -> TrainerConfig:
         config = mobile_r2l_trainer(self.student_steps)
@@ -153,33 +152,11 @@ class Demo:
         datamanager.finetune_steps = self.student_steps // 10
         config.pipeline.model.network = self.student
         config.optimizers["network"]["optimizer"].lr = 2e-3
-        return _quiet(config, root, "student", self.student_steps)
-
-
-def dataparser_for(data: Path) -> tuple[DataParserConfig, tuple[float, float]]:
-    """The dataparser a scene folder needs, and the near/far that suits its normalised frame."""
-    kind = scene_format(data)
-    if kind == "blender":  # cameras at radius ~4 around the object
-        return BlenderDataParserConfig(data=data), (2.0, 6.0)
-    if kind == "nerfstudio":  # instant-ngp style: poses scaled into [-1, 1]
-        return NerfstudioDataParserConfig(data=data), (0.05, 4.0)
-    return LLFFDataParserConfig(data=data, downscale_factor=1), (1.0, 6.0)  # the parser's bounds override these
+        return fixed_run(config, root / "runs", "student", self.student_steps, max(100, self.student_steps // 4))
 
 
 def _with_dir(scene: SceneConfig, output_dir: Path) -> SceneConfig:
     return SceneConfig(**{**vars(scene), "output_dir": output_dir})
-
-
-def _quiet(config: TrainerConfig, root: Path, name: str, steps: int) -> TrainerConfig:
-    """Fixed run directory (so re-running resumes), tensorboard instead of a blocking viewer."""
-    config.output_dir, config.experiment_name, config.timestamp = root / "runs", name, "run"
-    config.max_num_iterations, config.steps_per_save = steps, max(100, steps // 4)
-    config.steps_per_eval_image = config.steps_per_eval_batch = config.steps_per_eval_all_images = steps + 1
-    config.vis = "tensorboard"
-    scheduler = next(iter(config.optimizers.values())).get("scheduler")
-    if scheduler is not None and hasattr(scheduler, "max_steps"):
-        scheduler.max_steps = steps
-    return config
 
 
 def train_stage(config: TrainerConfig) -> Path:
@@ -187,13 +164,13 @@ def train_stage(config: TrainerConfig) -> Path:
     from nerfstudio.scripts.train import main as ns_train  # binds the method list: import after plugins load
 
     config_path = config.get_base_dir() / "config.yml"
-    checkpoints = sorted(config.get_checkpoint_dir().glob("step-*.ckpt"))
-    last_step = int(checkpoints[-1].stem.removeprefix("step-")) if checkpoints else -1
+    steps = checkpoint_steps(config.get_checkpoint_dir())
+    last_step = steps[-1] if steps else -1
     if last_step >= config.max_num_iterations - 1:
         CONSOLE.print(f"[green]{config.experiment_name}: already trained ({config_path})")
         return config_path
-    if checkpoints:
-        CONSOLE.print(f"[yellow]{config.experiment_name}: resuming from {checkpoints[-1].name}")
+    if steps:
+        CONSOLE.print(f"[yellow]{config.experiment_name}: resuming from step {last_step}")
         config.load_dir = config.get_checkpoint_dir()
         # nerfstudio runs max_num_iterations steps *after* the loaded one: ask only for what is left
         config.max_num_iterations -= last_step + 1
@@ -272,7 +249,7 @@ def write_turntable(student: Pipeline, path: Path, frames: int = 36) -> None:
                             float(cameras.cx[0]), float(cameras.cy[0]))  # fmt: skip
     images = []
     for c2w in sampler.orbit(frames):
-        camera: Cameras = pinhole_cameras(c2w[None], h, w, fx, fy, cx, cy).to(student.device)
+        camera: Cameras = Intrinsics(fx, fy, cx, cy, w, h).cameras(c2w[None]).to(student.device)
         with torch.no_grad():
             rgb = student.model.get_outputs_for_camera(camera)["rgb"]
         images.append((rgb.cpu().clamp(0, 1).numpy() * 255).round().astype(np.uint8))
@@ -298,4 +275,4 @@ def summary_table(summary: dict) -> Table:
 
 
 def entrypoint() -> None:
-    run_cli(Demo, (SceneError,), "ns-mobile-demo", CONSOLE)
+    run_cli(Demo, "ns-mobile-demo", CONSOLE)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from nerfstudio.cameras.cameras import Cameras, CameraType
+from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.datamanagers.full_images_datamanager import (
     FullImageDatamanager,
     FullImageDatamanagerConfig,
@@ -31,9 +31,10 @@ from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttrib
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
-from nerfstudio_mobile.cache import CacheMeta, PseudoViewCache, PseudoViewDataset, generate_views
-from nerfstudio_mobile.teacher import Teacher, collider_near_far, pinhole_intrinsics, read_teacher_config
-from nerfstudio_mobile.views import PseudoViewSamplerConfig, make_view_sampler
+from nerfstudio_mobile.common.intrinsics import Intrinsics
+from nerfstudio_mobile.mobile_r2l.cache import CacheMeta, PseudoViewCache, PseudoViewDataset, generate_views
+from nerfstudio_mobile.mobile_r2l.teacher import Teacher, collider_near_far, pinhole_intrinsics, read_teacher_config
+from nerfstudio_mobile.mobile_r2l.views import PseudoViewSamplerConfig, make_view_sampler
 
 # MobileR2L's super-resolution factors per scene layout: 8× for 360 scenes, 12× for forward-facing ones.
 UPSCALE_FACTORS: dict[str, tuple[int, ...]] = {"360": (2, 2, 2), "forward-facing": (2, 2, 3)}
@@ -133,7 +134,7 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
         assert self.pseudo_views is not None
         views = self.pseudo_views.sample(self.config.images_per_batch, self.generator)
         meta = self.pseudo_views.cache.meta
-        cameras = pinhole_cameras(views.c2w, meta.height, meta.width, meta.fx, meta.fy, meta.cx, meta.cy)
+        cameras = meta.intrinsics.cameras(views.c2w)
         batch = {"image": views.rgb.float() / 255.0, "depth": views.depth.float()}
         return cameras.to(self.device), {name: value.to(self.device) for name, value in batch.items()}
 
@@ -145,19 +146,6 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
         chosen = [same_size[i] for i in torch.randperm(len(same_size), generator=self.generator)[:count].tolist()]
         images = torch.stack([self.cached_train[i]["image"][..., :3] for i in chosen]).float()
         return self.train_cameras[torch.tensor(chosen)].to(self.device), {"image": images.to(self.device)}
-
-
-def pinhole_cameras(c2w: Tensor, height: int, width: int, fx: float, fy: float, cx: float, cy: float) -> Cameras:
-    return Cameras(
-        camera_to_worlds=c2w.float(),
-        fx=fx,
-        fy=fy,
-        cx=cx,
-        cy=cy,
-        width=width,
-        height=height,
-        camera_type=CameraType.PERSPECTIVE,
-    )
 
 
 def build_pseudo_view_cache(
@@ -218,7 +206,7 @@ def build_pseudo_view_cache(
         loaded = teacher
 
         def render(c2w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            return loaded.render(pinhole_cameras(c2w[None], height, width, fx, fy, cx, cy))
+            return loaded.render(Intrinsics(fx, fy, cx, cy, width, height).cameras(c2w[None]))
 
         generate_views(cache, render, sampler.poses, shard=shard, num_shards=num_shards)
     return cache

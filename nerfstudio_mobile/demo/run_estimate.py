@@ -20,8 +20,8 @@ import torch
 from nerfstudio.data.scene_box import SceneBox
 
 from nas_nerf.model import NASNeRFModelConfig
-from nerfstudio_mobile.datamanager import pinhole_cameras
-from nerfstudio_mobile.network import LightFieldNetwork, LightFieldNetworkConfig
+from nerfstudio_mobile.common.intrinsics import Intrinsics
+from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, LightFieldNetworkConfig
 
 MAX_TIMED_TRAINING_RAYS = 256
 MAX_TIMED_STUDENT_SIDE, MAX_TIMED_STUDENT_BATCH = 256, 8
@@ -120,7 +120,7 @@ def _seconds(work: Callable[[], object]) -> float:
 def _teacher_rates(config: NASNeRFModelConfig, rays: int, patch: int) -> tuple[float, float]:
     box = SceneBox(torch.tensor([[-1.5] * 3, [1.5] * 3]))
     model = config.setup(scene_box=box, num_train_data=1)
-    camera = pinhole_cameras(looking_at_origin()[None], patch, patch, 1111.0, 1111.0, patch / 2, patch / 2)
+    camera = Intrinsics(1111.0, 1111.0, patch / 2, patch / 2, patch, patch).cameras(looking_at_origin()[None])
     timed_rays = min(rays, MAX_TIMED_TRAINING_RAYS, patch**2)
     bundle = camera.generate_rays(camera_indices=0).flatten()[:timed_rays]
 

@@ -13,7 +13,11 @@ from pathlib import Path
 import tyro
 from rich.console import Console
 
-from nerfstudio_mobile.datamanager import PseudoViewDataManager, PseudoViewDataManagerConfig, build_pseudo_view_cache
+from nerfstudio_mobile.mobile_r2l.datamanager import (
+    PseudoViewDataManager,
+    PseudoViewDataManagerConfig,
+    build_pseudo_view_cache,
+)
 
 
 @dataclass

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import os
+import zipfile
 from pathlib import Path
 from typing import Literal
-from unittest import mock
 
-import torch
 import yaml
-from nerfstudio.engine.trainer import Trainer, TrainerConfig
+from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
+
+from nerfstudio_mobile.common.checkpoints import checkpoint_steps
+from nerfstudio_mobile.common.cli import UsageError
+
+
+class RunError(UsageError):
+    """A run directory that cannot be loaded as asked; the message says what to do."""
 
 
 def read_run_config(config_path: Path) -> TrainerConfig:
@@ -20,13 +25,19 @@ def read_run_config(config_path: Path) -> TrainerConfig:
     <output_dir>/<experiment>/<method>/<timestamp>/, so that place is recoverable from the file itself."""
     config_path = Path(config_path).expanduser().resolve()
     if not config_path.is_file():
-        raise FileNotFoundError(
+        raise RunError(
             f"{config_path} does not exist: pass the config.yml that ns-train wrote "
             "(outputs/<experiment>/<method>/<timestamp>/config.yml)."
         )
-    config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
+    try:
+        config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
+    except (yaml.YAMLError, ModuleNotFoundError, AttributeError) as error:
+        raise RunError(
+            f"{config_path} cannot be read ({type(error).__name__}: {error}). A run trained with "
+            "nerfstudio-mobile 0.1 needs its class paths updated: see the README's 'Upgrading from 0.1'."
+        ) from None
     if not isinstance(config, TrainerConfig):
-        raise ValueError(f"{config_path} is not a nerfstudio training config (got {type(config).__name__}).")
+        raise RunError(f"{config_path} is not a nerfstudio training config (got {type(config).__name__}).")
     run_dir = config_path.parent
     datamanager = config.pipeline.datamanager
     if not config.output_dir.is_absolute() and datamanager.data is not None and not datamanager.data.is_absolute():
@@ -53,33 +64,22 @@ def load_run(
     config = read_run_config(config_path)
     data = config.pipeline.datamanager.data
     if test_mode != "inference" and data is not None and not data.exists():
-        raise FileNotFoundError(
+        raise RunError(
             f"The data of {config_path} ({data}) no longer exists. Put the scene back there, or edit "
             "pipeline.datamanager.data in that config.yml to where the scene is now."
         )
-    checkpoints = config.get_checkpoint_dir()
-    if not checkpoints.is_dir() or not any(checkpoints.glob("step-*.ckpt")):
-        raise FileNotFoundError(f"{config_path} has no checkpoint in {checkpoints}: was training interrupted early?")
+    steps = checkpoint_steps(config.get_checkpoint_dir())
+    if not steps:
+        raise RunError(
+            f"{config_path} has no checkpoint in {config.get_checkpoint_dir()}: was training interrupted early?"
+        )
+    checkpoint = config.get_checkpoint_dir() / f"step-{steps[-1]:09d}.ckpt"
+    if not zipfile.is_zipfile(checkpoint):  # torch.save writes a zip whose directory sits at the end
+        raise RunError(
+            f"{checkpoint} is truncated or not a checkpoint: delete it to use an earlier one, or train again."
+        )
+    config.load_step = steps[-1]
     config, pipeline, _, step = eval_setup(
         Path(config_path), test_mode=test_mode, update_config_callback=lambda _: config
     )
     return config, pipeline, step
-
-
-class AtomicCheckpointTrainer(Trainer):
-    """nerfstudio's trainer, but a kill while saving never leaves a truncated checkpoint.
-
-    nerfstudio writes step-N.ckpt in place and then deletes the older ones, so a kill mid-write can leave
-    nothing loadable. Here the write goes to a temporary name renamed into place, so the deletion only
-    ever follows a complete file, and `--load-dir` resumes from it."""
-
-    def save_checkpoint(self, step: int) -> None:
-        write = torch.save
-
-        def atomic_write(obj: object, path: Path, *args: object, **kwargs: object) -> None:
-            partial = Path(path).with_name(Path(path).name + ".partial")
-            write(obj, partial, *args, **kwargs)  # type: ignore[arg-type]
-            os.replace(partial, path)
-
-        with mock.patch.object(torch, "save", atomic_write):
-            super().save_checkpoint(step)

@@ -54,6 +54,8 @@ from rich.text import Text
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from nerfstudio_mobile.common.intrinsics import Intrinsics
+
 CACHE_FORMAT_VERSION = 1
 META_FILENAME = "meta.json"
 VIEWS_DIRNAME = "views"
@@ -97,7 +99,7 @@ class CacheMeta:
     cx: float
     cy: float
     layout: str
-    """Pseudo-view layout, see `nerfstudio_mobile.views.Layout`."""
+    """Pseudo-view layout, see `nerfstudio_mobile.mobile_r2l.views.Layout`."""
     seed: int
     teacher_config: str = ""
     """Path of the teacher's nerfstudio config.yml."""
@@ -110,6 +112,10 @@ class CacheMeta:
             raise ValueError(f"num_views, height and width must be positive: {self}")
         # Hold `extra` as JSON gives it back (tuples become lists), so a meta equals its reloaded self.
         object.__setattr__(self, "extra", json.loads(json.dumps(self.extra)))
+
+    @property
+    def intrinsics(self) -> Intrinsics:
+        return Intrinsics(self.fx, self.fy, self.cx, self.cy, self.width, self.height)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"

@@ -15,7 +15,7 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
 from torch import Tensor
 
-from nas_nerf.runs import load_run, read_run_config
+from nerfstudio_mobile.common.runs import load_run, read_run_config
 
 # Output names across nerfstudio models (vanilla-nerf only has the *_fine ones).
 OUTPUT_NAMES = {

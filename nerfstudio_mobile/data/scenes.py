@@ -637,7 +637,7 @@ def camera_poses(config: SceneConfig) -> dict[str, np.ndarray]:
 
 def _scene_record(config: SceneConfig) -> dict[str, Any]:
     return {
-        "generator": "nas_nerf.scenes",
+        "generator": "nerfstudio_mobile.data.scenes",
         "format_version": SCENE_FORMAT_VERSION,
         "config": config.content_dict(),
     }

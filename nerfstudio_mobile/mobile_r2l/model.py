@@ -17,10 +17,10 @@ from nerfstudio.utils import colormaps
 from torch import Tensor
 from torch.nn import Parameter
 
-from nas_nerf.compat import optional_lpips
-from nas_nerf.model import image_metrics
-from nerfstudio_mobile.encoding import RayEncodingConfig, encode_rays, pinhole_rays
-from nerfstudio_mobile.network import LightFieldNetwork, LightFieldNetworkConfig
+from nerfstudio_mobile.common.compat import optional_lpips
+from nerfstudio_mobile.common.metrics import image_metrics, psnr
+from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig, encode_rays, pinhole_rays
+from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, LightFieldNetworkConfig
 
 
 @dataclass
@@ -96,8 +96,7 @@ class MobileR2LModel(Model):
         return outputs
 
     def get_metrics_dict(self, outputs: dict[str, Tensor], batch: dict[str, Tensor]) -> dict[str, Tensor]:
-        mse = torch.mean((outputs["rgb"].detach() - batch["image"][..., :3].to(self.device)) ** 2)
-        return {"psnr": -10.0 * torch.log10(mse.clamp_min(1e-10))}
+        return {"psnr": psnr(batch["image"][..., :3].to(self.device), outputs["rgb"].detach())}
 
     def get_loss_dict(
         self, outputs: dict[str, Tensor], batch: dict[str, Tensor], metrics_dict: dict | None = None

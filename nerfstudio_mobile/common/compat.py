@@ -34,8 +34,8 @@ def keep_freed_memory(threshold: int = KEPT_FREED_BYTES) -> bool:
 
     A teacher's 4096-ray render chunk allocates tensors of tens of MB per op; glibc serves any block above
     32 MB with a fresh mmap and unmaps it on free, so each op pays page faults to zero new pages: teacher renders
-    (pseudo views, eval, viewer) ran 2.2× slower (benchmarks/results/malloc_reuse.md); training steps, with
-    smaller blocks, barely change. (tcmalloc or jemalloc via LD_PRELOAD do the same; this needs no install.)
+    (pseudo views, eval, viewer) slow down (benchmarks/results/malloc_reuse.md).
+    (tcmalloc or jemalloc via LD_PRELOAD do the same; this needs no install.)
     Returns False where there is no glibc (macOS, musl): nothing changes there."""
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -22,31 +22,10 @@ from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
-
-SceneFormat = Literal["blender", "nerfstudio", "llff"]
-
-
-class SceneError(ValueError):
-    """A scene folder that can't be used as it is; the message says what to do."""
-
+from nerfstudio_mobile.data.formats import SceneError, SceneFormat, scene_format
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 INTRINSICS_X, INTRINSICS_Y = ("fl_x", "cx", "w"), ("fl_y", "cy", "h")
-
-
-def scene_format(data: Path) -> SceneFormat:
-    """Which of the three layouts a scene folder is in; one clear error when none."""
-    if (data / "transforms_train.json").is_file():
-        return "blender"
-    if (data / "transforms.json").is_file():
-        return "nerfstudio"
-    if (data / "poses_bounds.npy").is_file():
-        return "llff"
-    hint = "" if data.is_dir() else " (the folder does not exist)"
-    raise SceneError(
-        f"{data}{hint} is not a Blender (transforms_train.json), nerfstudio (transforms.json) or LLFF "
-        "(poses_bounds.npy) scene; convert your images with ns-process-data first."
-    )
 
 
 def downscaled_copy(source: Path, parent: Path, max_size: int, max_test_views: int) -> Path:

@@ -7,13 +7,11 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
-from nas_nerf.compat import allow_numpy_in_checkpoints, default_device_type
-from nas_nerf.runs import AtomicCheckpointTrainer
-from nerfstudio_mobile.datamanager import PseudoViewDataManagerConfig
-from nerfstudio_mobile.model import MobileR2LModelConfig
-from nerfstudio_mobile.optimization import AdamWOptimizerConfig, WarmupStepDecaySchedulerConfig
-
-allow_numpy_in_checkpoints()  # our scheduler's state holds numpy scalars; eval_setup must still load it
+from nerfstudio_mobile.common.checkpoints import AtomicCheckpointTrainer
+from nerfstudio_mobile.common.compat import default_device_type
+from nerfstudio_mobile.mobile_r2l.datamanager import PseudoViewDataManagerConfig
+from nerfstudio_mobile.mobile_r2l.model import MobileR2LModelConfig
+from nerfstudio_mobile.mobile_r2l.optimization import AdamWOptimizerConfig, WarmupStepDecaySchedulerConfig
 
 PAPER_STEPS = 600_000
 

@@ -1,0 +1,25 @@
+"""One way for our ns-* commands to start: a tyro CLI in nerfstudio's colours, usage errors as one red line."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import tyro
+from rich.console import Console
+
+
+class UsageError(Exception):
+    """A problem the user can fix (a path, a setting, a missing package); its message says what to do."""
+
+
+def run_cli(command: Any, prog: str, console: Console | None = None) -> None:
+    """Parse `command` (a dataclass with `main()`, or a union of them) and run it. A usage error prints its
+    message on one red line and exits 2: no traceback."""
+    tyro.extras.set_accent_color("bright_yellow")
+    parsed = tyro.cli(command)
+    try:
+        parsed.main()
+    except UsageError as error:
+        (console or Console(stderr=True)).print(f"[bold red]{prog}:[/] {error}", soft_wrap=True)
+        sys.exit(2)
