@@ -11,23 +11,19 @@ under benchmarks/work/, and writes benchmarks/results/distill_<scene>.{json,md}.
 from __future__ import annotations
 
 import json
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import torch
 import tyro
-from shared_scenes import SHARED_DATA
+from common import SHARED_DATA, WORK, machine, write_results
 
 from nerfstudio_mobile.demo.demo import Demo
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetworkConfig
 
-RESULTS = Path(__file__).parent / "results"
-WORK = Path(__file__).parent / "work"
 DEFAULT_SIZE = {"lego": 128, "fern": 168}
 
-# Paper (800×800 / 1008×756, GPUs, 10k pseudo views, 600k steps), DESIGN.md §3.
+# The MobileR2L paper's results (800×800 / 1008×756 frames, GPUs, 10k pseudo views, 600k steps).
 PAPER = {
     "lego": "teacher 33.09 dB, student 32.18 dB (gap −0.91; synthetic average gap −1.75)",
     "fern": "student 26.15 dB forward-facing average (gap −1.75 on synthetic; goal here ≤ 1.0 dB)",
@@ -61,12 +57,9 @@ class DistillQuality:
         cache = next((work.resolve() / "runs" / "teacher").rglob("pseudo_views/*/views"))
         files = list(cache.glob("*.npz"))
         summary["pseudo_view_bytes"] = sum(f.stat().st_size for f in files) / len(files)
-        summary["machine"] = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+        summary["machine"] = machine()
         summary["setup"] = {**vars(self), "max_image_size": demo.max_image_size}
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"distill_{self.scene}.json").write_text(json.dumps(summary, indent=2))
-        (RESULTS / f"distill_{self.scene}.md").write_text(markdown(self.scene, summary))
-        print(markdown(self.scene, summary))
+        write_results(f"distill_{self.scene}", summary, markdown(self.scene, summary))
 
 
 def markdown(scene: str, summary: dict) -> str:

@@ -10,18 +10,18 @@ package's PSNR; plus each package's PSNR against the torch student.
 Results go to ``benchmarks/results/export_sizes.{json,md}``.
 """
 
-import json
+import math
 import tempfile
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import tyro
+from common import RESULTS, timed, write_results
 
+from nerfstudio_mobile.common.files import file_size
 from nerfstudio_mobile.common.intrinsics import Intrinsics
 from nerfstudio_mobile.export import coreml
-from nerfstudio_mobile.export.files import file_size
 from nerfstudio_mobile.export.graphs import export_graph
 from nerfstudio_mobile.export.pipeline import export_coreml_files
 from nerfstudio_mobile.export.sidecar import COMPRESSIONS, ExportFrame, export_frame, sidecar, weights_label
@@ -43,14 +43,14 @@ class Args:
     )
     student: Path | None = None
     """config.yml of a trained mobile-r2l student for the PSNR cost of each compression."""
-    output_dir: Path = Path(__file__).parent / "results"
+    output_dir: Path = RESULTS
 
 
 def paper_frame(args: Args) -> ExportFrame:
     """A 360-scene frame at the benchmark grid (intrinsics of a 50 degree field of view)."""
     h, w = args.grid
     s = args.network.upscale
-    focal = 0.5 * w * s / 0.4663  # tan(25 deg)
+    focal = 0.5 * w * s / math.tan(math.radians(25))
     return ExportFrame(
         output=Intrinsics(focal, focal, w * s / 2, h * s / 2, w * s, h * s),
         network=args.network,
@@ -68,13 +68,10 @@ def package_sizes(args: Args, directory: Path) -> dict:
     network = LightFieldNetwork(args.network).eval()
     graph = export_graph(network, frame, "rays")
     params = sum(p.numel() for p in graph.parameters())
-    start = time.perf_counter()
-    fp16 = coreml.convert(graph, frame, "rays")
-    convert_s = time.perf_counter() - start
+    fp16, convert_s = timed(lambda: coreml.convert(graph, frame, "rays"))
     rows = []
     for compression in COMPRESSIONS:
-        start = time.perf_counter()
-        model = coreml.compress(fp16, compression)
+        model, compress_s = timed(lambda compression=compression: coreml.compress(fp16, compression))
         weights = weights_label(compression)
         path = directory / f"paper-{weights}.mlpackage"
         coreml.save(model, path, sidecar(frame, "rays", weights, params, {"experiment": "random init"}))
@@ -86,7 +83,7 @@ def package_sizes(args: Args, directory: Path) -> dict:
                 weight_file_mb=file_size(next(path.rglob("weight.bin"))) / 1e6,
                 program_mb=file_size(next(path.rglob("model.mlmodel"))) / 1e6,
                 bytes_per_param=size / params,
-                seconds=convert_s if compression == "none" else time.perf_counter() - start,
+                seconds=convert_s if compression == "none" else compress_s,
             )
         )
         print(f"{weights:11s} {size / 1e6:6.2f} MB ({size / params:.2f} B/param)")
@@ -154,8 +151,9 @@ def markdown(result: dict) -> str:
         f"# Core ML package sizes: paper MobileR2L ({sizes['params'] / 1e6:.2f} M params, "
         f"{sizes['gmac_per_frame']:.1f} GMAC per {result['frame']} frame)",
         "",
-        "Random init, `rays` input, fp16 compute, iOS 16 target, compressed weights from 2048 elements on "
-        "(coremltools' default), the stem kept at >= 8 bits.",
+        f"Random init, `rays` input, fp16 compute, iOS 16 target, compressed weights from "
+        f"{coreml.COMPRESSION_MIN_ELEMENTS} elements on (coremltools' default), the stem kept at >= "
+        f"{coreml.STEM_MIN_BITS} bits.",
         "",
         *goals(result),
         "",
@@ -200,9 +198,7 @@ def main(args: Args) -> None:
         )
         if args.student is not None:
             result["psnr_costs"] = psnr_costs(args.student, Path(directory))
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "export_sizes.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.output_dir / "export_sizes.md").write_text(markdown(result))
+    write_results("export_sizes", result, markdown(result), args.output_dir)
 
 
 if __name__ == "__main__":

@@ -1,28 +1,24 @@
 """What `keep_freed_memory` (nerfstudio_mobile.common.compat) buys: the three cost rates of `ns-mobile-demo`'s run
-(teacher training
-and rendering per ray, student training per pixel) with glibc's mmap threshold at 32 MB (the most its dynamic
-default ever reaches) and at 1 GiB (what every ns-* command sets when our plugins load), interleaved in one
-process so the machine's noise hits both.
+(teacher training and rendering per ray, student training per pixel) with glibc's mmap threshold at 32 MB (the
+most its dynamic default ever reaches) and at 1 GiB (what every ns-* command sets when our plugins load),
+interleaved in one process so the machine's noise hits both.
 
     python benchmarks/malloc_reuse.py      # writes benchmarks/results/malloc_reuse.{json,md}
 """
 
 from __future__ import annotations
 
-import json
-import platform
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
+from common import machine, write_results
 
 from nerfstudio_mobile.common.compat import KEPT_FREED_BYTES, keep_freed_memory
 from nerfstudio_mobile.demo.demo import Demo
 from nerfstudio_mobile.demo.run_estimate import CostRates
 
-RESULTS = Path(__file__).parent / "results"
 SETTINGS = {"glibc default (32 MB)": 32 << 20, "ours (1 GiB)": KEPT_FREED_BYTES}
 ROUNDS = 3
 
@@ -40,13 +36,11 @@ def main() -> None:
     median = {name: {k: float(np.median([r[k] for r in runs])) for k in runs[0]} for name, runs in rates.items()}
     base, ours = (median[name] for name in SETTINGS)
     result = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "machine": machine(),
         "frame": plan.frame,
         "median_rates": median,
         "speedup": {k: base[k] / ours[k] for k in base},
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "malloc_reuse.json").write_text(json.dumps(result, indent=2))
     rows = [
         f"| {k.replace('_', ' ')} | {base[k] * 1e6:.3g} µs | {ours[k] * 1e6:.3g} µs | {result['speedup'][k]:.2f}× |"
         for k in base
@@ -59,8 +53,7 @@ def main() -> None:
         *rows,
         "",
     ])  # fmt: skip
-    (RESULTS / "malloc_reuse.md").write_text(table)
-    print(table)
+    write_results("malloc_reuse", result, table)
 
 
 if __name__ == "__main__":

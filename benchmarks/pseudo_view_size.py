@@ -10,19 +10,17 @@ Writes benchmarks/results/pseudo_view_size.{json,md}.
 
 from __future__ import annotations
 
-import json
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import tyro
+from common import timed, write_results
 
+from nerfstudio_mobile.common.files import file_size
 from nerfstudio_mobile.mobile_r2l.cache import CacheMeta, PseudoViewCache
 from nerfstudio_mobile.mobile_r2l.teacher import Teacher
-
-RESULTS = Path(__file__).parent / "results"
 
 
 @dataclass
@@ -35,28 +33,23 @@ class PseudoViewSize:
         camera = teacher.pipeline.datamanager.eval_dataset.cameras[0:1]
         camera.rescale_output_resolution(self.size / int(camera.height))
         h, w = int(camera.height), int(camera.width)
-        start = time.perf_counter()
         with torch.no_grad():
-            rgb, depth, accumulation = teacher.render(camera)
-        seconds = time.perf_counter() - start
+            (rgb, depth, accumulation), seconds = timed(lambda: teacher.render(camera))
         with tempfile.TemporaryDirectory() as directory:
             meta = CacheMeta(1, h, w, float(camera.fx), float(camera.fy), float(camera.cx), float(camera.cy),
                              "360", seed=0)  # fmt: skip
             cache = PseudoViewCache(Path(directory), meta)
             cache.write(0, rgb, depth, camera.camera_to_worlds[0], accumulation)
-            size = cache.view_path(0).stat().st_size
+            size = file_size(cache.view_path(0))
         result = {"teacher_config": str(self.teacher_config), "frame": [h, w], "bytes": size,
                   "bytes_per_pixel": size / (h * w), "render_seconds": seconds,
                   "float32_npy_bytes": h * w * 3 * 4}  # fmt: skip
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "pseudo_view_size.json").write_text(json.dumps(result, indent=2))
         text = (
             f"## Pseudo view on disk at {h}×{w}\n\nOne teacher render ({self.teacher_config}) of test view 0: "
             f"{size / 1e6:.3f} MB ({size / (h * w):.2f} bytes per pixel; the official code's float32 .npy RGB would "
             f"be {result['float32_npy_bytes'] / 1e6:.1f} MB). Rendering it took {seconds:.0f} s on this CPU.\n"
         )
-        (RESULTS / "pseudo_view_size.md").write_text(text)
-        print(text)
+        write_results("pseudo_view_size", result, text)
 
 
 if __name__ == "__main__":

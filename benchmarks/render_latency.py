@@ -11,16 +11,15 @@ of the frame through `get_outputs_for_camera` (bf16 fields, the training default
 ratio. Results: benchmarks/results/render_latency.{json,md}.
 """
 
-import json
 import os
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import tyro
+from common import RESULTS, timed, write_results
 from nerfstudio.data.scene_box import SceneBox
 from torch import Tensor
 
@@ -28,8 +27,9 @@ from nas_nerf.complexity import model_complexity
 from nas_nerf.configs import PAPER_LEGO_CELLS
 from nas_nerf.model import NASNeRFModelConfig
 from nerfstudio_mobile.common.intrinsics import Intrinsics
+from nerfstudio_mobile.common.timing import round_robin_seconds
 from nerfstudio_mobile.demo.run_estimate import looking_at_origin
-from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig, encode_rays
+from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig, encode_rays, pinhole_rays
 from nerfstudio_mobile.mobile_r2l.network import (
     LightFieldNetwork,
     LightFieldNetworkConfig,
@@ -53,7 +53,7 @@ class Args:
     teacher_repeats: int = 3
     threads: int | None = None
     """torch intra-op threads (default: torch's choice, one per core)."""
-    output_dir: Path = Path(__file__).parent / "results"
+    output_dir: Path = RESULTS
 
 
 def cpu_model() -> str:
@@ -64,25 +64,11 @@ def cpu_model() -> str:
 
 
 def example_rays(grid: int, config: RayEncodingConfig) -> Tensor:
-    """The encoded low-res ray grid of the 800×800 frame (pixel centres, focal scaled with the grid)."""
-    scale = grid / FRAME
-    v, u = torch.meshgrid(torch.arange(grid) + 0.5, torch.arange(grid) + 0.5, indexing="ij")
-    directions = torch.stack([(u - grid / 2) / (FOCAL * scale), -(v - grid / 2) / (FOCAL * scale),
-                              -torch.ones_like(u)], dim=-1)  # fmt: skip
-    directions = torch.nn.functional.normalize(directions, dim=-1)
-    origins = looking_at_origin()[:, 3].expand(grid, grid, 3)
-    return encode_rays(origins[None], directions[None], 2.0, 6.0, config)
-
-
-def time_round_robin(renders: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
-    """Seconds per call, calls interleaved across renders so load from other processes hits all alike."""
-    times: dict[str, list[float]] = {name: [] for name in renders}
-    for _ in range(repeats):
-        for name, render in renders.items():
-            start = time.perf_counter()
-            render()
-            times[name].append(time.perf_counter() - start)
-    return times
+    """The encoded low-res ray grid of the 800×800 frame (the frame's intrinsics scaled to the grid)."""
+    intrinsics = Intrinsics(FOCAL, FOCAL, FRAME / 2, FRAME / 2, FRAME, FRAME).resized(grid, grid)
+    fx, fy, cx, cy = (torch.tensor([value]) for value in (intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy))
+    origins, directions = pinhole_rays(looking_at_origin()[None], fx, fy, cx, cy, height=grid, width=grid)
+    return encode_rays(origins, directions, 2.0, 6.0, config)
 
 
 def student_rows(args: Args) -> list[dict]:
@@ -100,18 +86,18 @@ def student_rows(args: Args) -> list[dict]:
         "channels-last bf16": lambda: prepare_for_inference(net, channels_last=True, bf16=True),
         "compiled bf16 + channels-last + freezing": lambda: prepare_for_inference(net, bf16=True, compile=True),
     }
+
+    def set_up(build: Callable[[], Callable[[Tensor], Tensor]]) -> tuple[Callable[[Tensor], Tensor], Tensor]:
+        render = build()
+        return render, render(x)  # the first call compiles where applicable
+
     reference = eager(x)
     renders, rows = {}, []
     for name, build in paths.items():
-        start = time.perf_counter()
-        render = build()
-        out = render(x)  # first call: compiles where applicable
-        setup_s = time.perf_counter() - start
-        for _ in range(args.warmup):
-            render(x)
+        (render, out), setup_s = timed(lambda build=build: set_up(build))
         renders[name] = lambda render=render: render(x)
         rows.append(dict(path=name, setup_s=setup_s, max_abs_rgb_error=(out - reference)[:, :3].abs().max().item()))
-    times = time_round_robin(renders, args.repeats)
+    times = round_robin_seconds(renders, args.repeats, warmup=args.warmup)
     macs = count_macs(args.network, FRAME // args.network.upscale, FRAME // args.network.upscale)
     for row in rows:
         row["median_ms"] = 1e3 * statistics.median(times[row["path"]])
@@ -129,13 +115,11 @@ def teacher_rows(args: Args) -> list[dict]:
     for tier, (coarse, fine) in PAPER_LEGO_CELLS.items():
         model = NASNeRFModelConfig(coarse_cell=coarse, fine_cell=fine).setup(scene_box=scene_box, num_train_data=1)
         model.eval()
-        render = torch.inference_mode()(lambda model=model: model.get_outputs_for_camera(camera))
-        render()  # warm-up
-        renders[tier] = render
+        renders[tier] = torch.inference_mode()(lambda model=model: model.get_outputs_for_camera(camera))
         cost = model_complexity(coarse, fine)
         rows.append(dict(path=f"NAS-NeRF {tier.upper()}" if tier != "nerf" else "vanilla NeRF",
                          params=cost.params, gflops_per_frame=cost.frame_flops(FRAME, FRAME) / 1e9))  # fmt: skip
-    times = time_round_robin(renders, args.teacher_repeats)
+    times = round_robin_seconds(renders, args.teacher_repeats, warmup=1)
     for row, tier in zip(rows, renders, strict=True):
         row["median_ms"] = 1e3 * statistics.median(times[tier]) * (FRAME / crop) ** 2
         row["speedup_vs_vanilla"] = rows[0]["median_ms"] / row["median_ms"]
@@ -172,10 +156,7 @@ def main(args: Args) -> None:
         student=students,
         teachers=teachers,
     )
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    (args.output_dir / "render_latency.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.output_dir / "render_latency.md").write_text(markdown(result))
-    print(markdown(result))
+    write_results("render_latency", result, markdown(result), args.output_dir)
 
 
 def markdown(result: dict) -> str:

@@ -8,30 +8,25 @@ is also the vanilla reference, trained on exactly the trials' budget.
 
 from __future__ import annotations
 
-import json
-import platform
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
 import tyro
-from shared_scenes import SHARED_DATA
+from common import SHARED_DATA, WORK, machine, timed, write_results
 
 from nas_nerf.search.cli import NASSearch
+from nas_nerf.search.pruning import PrunerConfig
 from nas_nerf.search.report import markdown_table
-from nas_nerf.search.study import PrunerConfig
 from nas_nerf.search.train import TrialTraining
 from nerfstudio_mobile.data.scene_copies import downscaled_copy
 
-RESULTS = Path(__file__).parent / "results"
 GOALS = "XXS: >= 20x fewer FLOPs and >= 4.7x faster than vanilla; S: within 0.005 SSIM of vanilla at >= 3x fewer FLOPs"
 
 
 @dataclass
 class SearchLego:
     data: Path = SHARED_DATA / "nerf_synthetic" / "lego"
-    work_dir: Path = Path(__file__).parent / "work" / "search_lego"
+    work_dir: Path = WORK / "search_lego"
     size: int = 100
     """Image size (800 / 8)."""
     max_test_views: int = 25
@@ -53,7 +48,22 @@ class SearchLego:
     seed: int = 0
 
     def main(self) -> None:
-        started = time.perf_counter()
+        summary, seconds = timed(self.search)
+        rows = {row["model"]: row for row in summary["rows"]}
+        result = {
+            "rows": summary["rows"],
+            "targets": summary["targets"]["ssim"],
+            "frame": summary["frame"],
+            "outcomes": summary["outcomes"],
+            "goals": goals(rows),
+            "total_minutes": seconds / 60,
+            "machine": machine(),
+            "setup": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()},
+        }
+        write_results("search_lego", result, markdown(result))
+
+    def search(self) -> dict:
+        """Copy the scene and search on the copy; returns the search's summary."""
         scene = downscaled_copy(self.data, self.work_dir, self.size, self.max_test_views)
         search = NASSearch(
             data=scene.resolve(), output_dir=self.work_dir / "search", trials_per_tier=self.trials_per_tier,
@@ -64,23 +74,7 @@ class SearchLego:
             pruner=PrunerConfig(rungs=self.rungs), seed=self.seed, threads=self.threads,
             timing_repeats=self.timing_repeats,
         )  # fmt: skip
-        summary = search.main()
-        rows = {row["model"]: row for row in summary["rows"]}
-        result = {
-            "rows": summary["rows"],
-            "targets": summary["targets"]["ssim"],
-            "frame": summary["frame"],
-            "outcomes": summary["outcomes"],
-            "goals": goals(rows),
-            "total_minutes": (time.perf_counter() - started) / 60,
-            "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} thread(s), "
-            f"torch {torch.__version__}",
-            "setup": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()},
-        }
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "search_lego.json").write_text(json.dumps(result, indent=2))
-        (RESULTS / "search_lego.md").write_text(markdown(result))
-        print(markdown(result))
+        return search.main()
 
 
 def goals(rows: dict[str, dict]) -> dict[str, bool | None]:

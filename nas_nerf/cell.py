@@ -18,6 +18,17 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from nerfstudio_mobile.common.cli import UsageError
+
+
+class ArchitectureError(UsageError, ValueError):
+    """Field cells that cannot be built or read (a cell, an architecture file, a run); the message says how to
+    fix it. A ValueError too, so that tyro shows it as a usage error of `ns-train nas-nerf`."""
+
+
+class ArchitectureFileNotFound(ArchitectureError, FileNotFoundError):
+    """An architecture file or run config that does not exist."""
+
 
 @dataclass
 class FieldCellConfig:
@@ -32,19 +43,21 @@ class FieldCellConfig:
         """Refuse a cell that cannot be built, with a message that says how to fix it."""
         depths, channels = tuple(self.depths), tuple(self.channels)
         if len(depths) != 3 or len(channels) != 3:
-            raise ValueError(
+            raise ArchitectureError(
                 f"{name}: a field cell needs exactly 3 depths [D1, 1, D3] and 3 channels [C1, C2, C3], "
                 f"got depths={list(depths)} channels={list(channels)}."
             )
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in depths + channels):
-            raise ValueError(f"{name}: depths and channels must be integers, got {list(depths)} {list(channels)}.")
+            raise ArchitectureError(
+                f"{name}: depths and channels must be integers, got {list(depths)} {list(channels)}."
+            )
         if depths[0] < 1 or depths[2] < 1 or depths[1] != 1:
-            raise ValueError(
+            raise ArchitectureError(
                 f"{name}: depths must be [D1, 1, D3] with D1 >= 1 and D3 >= 1 (the middle stage is NeRF's "
                 f"single skip-concat layer), got {list(depths)}."
             )
         if min(channels) < 1:
-            raise ValueError(f"{name}: every channel width must be >= 1, got {list(channels)}.")
+            raise ArchitectureError(f"{name}: every channel width must be >= 1, got {list(channels)}.")
 
     def layer_shapes(self, in_dim: int) -> list[tuple[int, int]]:
         """(in, out) of every linear layer of the cell, in order: the one description the module and
@@ -61,7 +74,7 @@ class FieldCellConfig:
     @classmethod
     def from_dict(cls, data: dict, name: str = "cell") -> FieldCellConfig:
         if not isinstance(data, dict) or "depths" not in data or "channels" not in data:
-            raise ValueError(f"{name}: expected an object with 'depths' and 'channels', got {data!r}.")
+            raise ArchitectureError(f"{name}: expected an object with 'depths' and 'channels', got {data!r}.")
         cell = cls(depths=tuple(data["depths"]), channels=tuple(data["channels"]))  # type: ignore[arg-type]
         cell.validate(name)
         return cell
@@ -76,13 +89,13 @@ def load_architecture(path: Path) -> tuple[FieldCellConfig, FieldCellConfig]:
     {"coarse": {"depths": [D1, 1, D3], "channels": [C1, C2, C3]}, "fine": {...}, ...}."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Architecture file {path} does not exist (expected a JSON from ns-nas-search).")
+        raise ArchitectureFileNotFound(f"Architecture file {path} does not exist (expected a JSON from ns-nas-search).")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"Architecture file {path} is not valid JSON: {err}") from err
+        raise ArchitectureError(f"Architecture file {path} is not valid JSON: {err}") from err
     if not isinstance(data, dict) or "coarse" not in data or "fine" not in data:
-        raise ValueError(f"Architecture file {path} must hold 'coarse' and 'fine' cells.")
+        raise ArchitectureError(f"Architecture file {path} must hold 'coarse' and 'fine' cells.")
     coarse = FieldCellConfig.from_dict(data["coarse"], f"{path}: coarse cell")
     fine = FieldCellConfig.from_dict(data["fine"], f"{path}: fine cell")
     return coarse, fine

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import tyro
 import yaml
 from rich.console import Console
 from rich.table import Table
 
-from nas_nerf.cell import FieldCellConfig, load_architecture
+from nas_nerf.cell import ArchitectureError, ArchitectureFileNotFound, FieldCellConfig, load_architecture
 from nas_nerf.field import field_layer_shapes
+from nerfstudio_mobile.common.cli import run_cli
 
 PAPER_RAYS = 2048
 
@@ -76,11 +76,11 @@ def model_complexity(
 def cells_from_run(config_path: Path) -> tuple[FieldCellConfig, FieldCellConfig, int, int]:
     """The cells and sample counts of a trained `nas-nerf` run, read from its config.yml."""
     if not Path(config_path).is_file():
-        raise FileNotFoundError(f"{config_path} does not exist: pass the config.yml of a trained nas-nerf run.")
+        raise ArchitectureFileNotFound(f"{config_path} does not exist: pass the config.yml of a trained nas-nerf run.")
     config = yaml.load(Path(config_path).read_text(), Loader=yaml.Loader)
     model = getattr(getattr(config, "pipeline", None), "model", None)
     if not hasattr(model, "coarse_cell"):
-        raise ValueError(f"{config_path} is not a nas-nerf run (its model has no field cells).")
+        raise ArchitectureError(f"{config_path} is not a nas-nerf run (its model has no field cells).")
     return model.coarse_cell, model.fine_cell, model.num_coarse_samples, model.num_importance_samples
 
 
@@ -147,5 +147,4 @@ def complexity_table(
 
 
 def entrypoint() -> None:
-    tyro.extras.set_accent_color("bright_yellow")
-    tyro.cli(ComplexityReport).main()
+    run_cli(ComplexityReport, "ns-nas-complexity")

@@ -1,75 +1,29 @@
-"""Shared fixtures: a generated scene and a small nas-nerf run trained on it through `ns-train`.
-
-Both are session-scoped: the NAS-NeRF, distillation and export tests reuse one teacher."""
+"""Shared fixtures: a generated scene, small teachers (nas-nerf, nerfacto) trained on it through `ns-train`, and a
+student distilled from the nas-nerf one. Session-scoped: the NAS-NeRF, distillation and export tests reuse them."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
+import tempfile
 from pathlib import Path
 
-import pytest
-from nerfstudio.cameras.cameras import Cameras
-from nerfstudio.pipelines.base_pipeline import Pipeline
+# The tests assume no AlexNet weights (LPIPS off), whatever this machine's torch cache holds: their own TORCH_HOME,
+# set before anything asks torch where its hub is. A test that wants LPIPS on makes its own.
+os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="nerfstudio-mobile-torch-home-")
 
-from nerfstudio_mobile.data.scenes import SceneConfig, generate_scene
+import pytest  # noqa: E402
+from support import (  # noqa: E402
+    STUDENT_ARGS,
+    STUDENT_FINETUNE_STEPS,
+    STUDENT_ITERATIONS,
+    TEACHER_ARGS,
+    TEACHER_ITERATIONS,
+    ns_command,
+    run_ns,
+    stock_run,
+)
 
-# A teacher small enough to train in about a minute on 2 CPU cores, big enough to learn the scene.
-TEACHER_ITERATIONS = 600
-TEACHER_ARGS = [
-    "--pipeline.model.coarse-cell.depths",
-    "1",
-    "1",
-    "1",
-    "--pipeline.model.coarse-cell.channels",
-    "32",
-    "32",
-    "32",
-    "--pipeline.model.fine-cell.depths",
-    "2",
-    "1",
-    "1",
-    "--pipeline.model.fine-cell.channels",
-    "64",
-    "64",
-    "64",
-    "--pipeline.model.num-coarse-samples",
-    "32",
-    "--pipeline.model.num-importance-samples",
-    "32",
-    "--pipeline.datamanager.train-num-rays-per-batch",
-    "512",
-    "--optimizers.fields.optimizer.lr",
-    "5e-3",
-]
-
-
-def ns_command(name: str) -> str:
-    """An ns-* console script of this environment (tests may run without the venv on PATH)."""
-    return str(Path(sys.executable).parent / name)
-
-
-def viewer_camera(pipeline: Pipeline, height: int, width: int) -> Cameras:
-    """Training camera 0 resized to height × width, aspect ratio included, as the viewer asks for."""
-    camera = pipeline.datamanager.train_dataparser_outputs.cameras[0:1]
-    sx, sy = width / camera.width.item(), height / camera.height.item()
-    return Cameras(
-        camera_to_worlds=camera.camera_to_worlds,
-        fx=camera.fx * sx,
-        fy=camera.fy * sy,
-        cx=camera.cx * sx,
-        cy=camera.cy * sy,
-        width=width,
-        height=height,
-    ).to(pipeline.device)
-
-
-def run_ns(args: list[str], cwd: Path, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-    return result
+from nerfstudio_mobile.data.scenes import SceneConfig, generate_scene  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -113,19 +67,6 @@ def nas_nerf_run(synthetic_scene: Path, tmp_path_factory: pytest.TempPathFactory
     return workdir / "outputs" / "scene" / "nas-nerf" / "run" / "config.yml"
 
 
-# A student small enough to distil in about a minute: 2 residual blocks of width 32.
-STUDENT_PSEUDO_VIEWS = 40
-STUDENT_ARGS = [
-    "--pipeline.datamanager.num-pseudo-views", str(STUDENT_PSEUDO_VIEWS),
-    "--pipeline.datamanager.images-per-batch", "8",
-    "--pipeline.model.network.num-blocks", "2",
-    "--pipeline.model.network.width", "32",
-    "--optimizers.network.optimizer.lr", "2e-3",
-]  # fmt: skip
-STUDENT_ITERATIONS = 400
-STUDENT_FINETUNE_STEPS = 50
-
-
 @pytest.fixture(scope="session")
 def mobile_r2l_run(nas_nerf_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """config.yml of a tiny MobileR2L student distilled from `nas_nerf_run` by the real `ns-train`."""
@@ -140,3 +81,23 @@ def mobile_r2l_run(nas_nerf_run: Path, tmp_path_factory: pytest.TempPathFactory)
         cwd=workdir,
     )  # fmt: skip
     return workdir / "outputs" / "scene" / "mobile-r2l" / "run" / "config.yml"
+
+
+@pytest.fixture(scope="session")
+def nerfacto_run(synthetic_scene: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """config.yml of a tiny stock nerfacto run, trained the way nerfstudio's docs show: `ns-train nerfacto ...
+    blender-data --data <scene>` (the scene's path lands in the dataparser, not the datamanager)."""
+    return stock_run("nerfacto", synthetic_scene, tmp_path_factory.mktemp("nerfacto_run"))
+
+
+TRAINING_FIXTURES = {"nas_nerf_run", "mobile_r2l_run", "nerfacto_run"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """`slow`: a test that needs a trained run (or says it is slow); `unit`: every other test (`pytest -m unit`,
+    the developer's loop, runs in under a minute)."""
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        if item.get_closest_marker("slow") is None and item.get_closest_marker("unit") is None:
+            item.add_marker(pytest.mark.unit)

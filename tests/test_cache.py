@@ -1,6 +1,8 @@
 import dataclasses
+import json
 import multiprocessing
 import os
+import shutil
 import time
 import zipfile
 from pathlib import Path
@@ -10,13 +12,17 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from nerfstudio_mobile.common.cli import UsageError
 from nerfstudio_mobile.mobile_r2l.cache import (
+    CACHE_FORMAT_VERSION,
     CacheMeta,
+    CacheMismatchError,
     CorruptViewError,
     PseudoViewCache,
     PseudoViewDataset,
     collate_views,
     generate_views,
+    teacher_identity,
 )
 from nerfstudio_mobile.mobile_r2l.views import SphereViewSampler
 
@@ -43,7 +49,7 @@ def make_meta(**overrides: object) -> CacheMeta:
         cy=SIZE / 2,
         layout=SAMPLER.layout,
         seed=SAMPLER.seed,
-        teacher_config="outputs/lego/nerfacto/config.yml",
+        teacher={"method": "nerfacto", "step": 1000, "sha256": "0" * 64},
         extra={"view_sampler": SAMPLER.to_dict()},
     )
     return CacheMeta(**{**fields, **overrides})
@@ -60,6 +66,20 @@ def render(c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
     return rgb, depth[..., None], accumulation[..., None]
 
 
+def fake_teacher_run(outputs: Path, checkpoint_bytes: bytes) -> Path:
+    """A teacher run folder as ns-train lays it out, with a stand-in checkpoint; returns the run directory."""
+    run = outputs / "lego" / "nerfacto" / "2024-01-01_000000"
+    (run / "nerfstudio_models").mkdir(parents=True)
+    (run / "config.yml").write_text("method_name: nerfacto\n")
+    (run / "nerfstudio_models" / "step-000001000.ckpt").write_bytes(checkpoint_bytes)
+    return run
+
+
+def meta_of_run(run: Path) -> CacheMeta:
+    """The meta a student would ask for, from the run folder wherever it now sits (as build_pseudo_view_cache)."""
+    return make_meta(teacher=teacher_identity("nerfacto", 1000, run / "nerfstudio_models" / "step-000001000.ckpt"))
+
+
 def view_files(root: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted((root / "views").iterdir())}
 
@@ -70,6 +90,7 @@ def generate_shard(root: str, shard: int, num_shards: int) -> int:
     return generate_views(cache, render, SAMPLER.poses, shard=shard, num_shards=num_shards, progress=False)
 
 
+@pytest.mark.unit
 def test_round_trip(tmp_path: Path) -> None:
     cache = PseudoViewCache(tmp_path, make_meta())
     rgb, depth, accumulation = render(SAMPLER.pose(3))
@@ -95,6 +116,7 @@ def test_round_trip(tmp_path: Path) -> None:
     assert (view.depth[1:] > 0).all()
 
 
+@pytest.mark.unit
 def test_write_rejects_bad_input(tmp_path: Path) -> None:
     cache = PseudoViewCache(tmp_path, make_meta())
     rgb, depth, accumulation = render(SAMPLER.pose(0))
@@ -107,6 +129,7 @@ def test_write_rejects_bad_input(tmp_path: Path) -> None:
     assert len(cache) == 0
 
 
+@pytest.mark.unit
 def test_meta_round_trip_and_mismatch(tmp_path: Path) -> None:
     meta = make_meta()
     assert CacheMeta.from_json(meta.to_json()) == meta
@@ -115,18 +138,22 @@ def test_meta_round_trip_and_mismatch(tmp_path: Path) -> None:
     assert PseudoViewCache.open(tmp_path).meta == meta
     with pytest.raises(ValueError, match=r"num_views: 10 vs 20.*new cache directory.*delete"):
         PseudoViewCache(tmp_path, make_meta(num_views=20))
+    with pytest.raises(CacheMismatchError, match=r"requested\): extra\.view_sampler\.seed: 0 vs 1\. Pass"):
+        PseudoViewCache(tmp_path, make_meta(extra={"view_sampler": {**SAMPLER.to_dict(), "seed": 1}}))
     with pytest.raises(ValueError, match="seed: 0 vs 1"):
         PseudoViewCache(tmp_path, dataclasses.replace(meta, seed=1))
     with pytest.raises(FileNotFoundError, match="not a pseudo-view cache"):
         PseudoViewCache.open(tmp_path / "elsewhere")
 
 
+@pytest.mark.unit
 def test_read_missing_view_says_so(tmp_path: Path) -> None:
     cache = PseudoViewCache(tmp_path, make_meta())
     with pytest.raises(FileNotFoundError, match=r"pseudo view 5 is not in the cache.*0 of 10"):
         cache.read(5)
 
 
+@pytest.mark.unit
 def test_kill_and_resume_is_byte_identical(tmp_path: Path) -> None:
     uninterrupted = PseudoViewCache(tmp_path / "uninterrupted", make_meta())
     assert generate_views(uninterrupted, render, SAMPLER.poses, progress=False) == NUM_VIEWS
@@ -144,16 +171,17 @@ def test_kill_and_resume_is_byte_identical(tmp_path: Path) -> None:
     with pytest.raises(KeyboardInterrupt):
         generate_views(resumed, render_then_die, SAMPLER.poses, progress=False)
     # What a kill during a write leaves behind: a torn temp file.
-    (resumed.views_dir / ".00000004.npz.999.deadbeef.tmp").write_bytes(b"PK\x03\x04torn")
+    (resumed.views_dir / ".00000004.npz.999-deadbeef.partial").write_bytes(b"PK\x03\x04torn")
     assert resumed.missing() == list(range(4, NUM_VIEWS))
     assert generate_views(resumed, render, SAMPLER.poses, progress=True) == NUM_VIEWS - 4
     assert resumed.complete() and generate_views(resumed, render, SAMPLER.poses, progress=False) == 0
     assert (resumed.root / "meta.json").read_bytes() == (uninterrupted.root / "meta.json").read_bytes()
     resumed_files = view_files(resumed.root)
-    assert resumed_files.pop(".00000004.npz.999.deadbeef.tmp") == b"PK\x03\x04torn"
+    assert resumed_files.pop(".00000004.npz.999-deadbeef.partial") == b"PK\x03\x04torn"
     assert resumed_files == view_files(uninterrupted.root)
 
 
+@pytest.mark.slow
 def test_two_shards_in_two_processes(tmp_path: Path) -> None:
     # Shard 1 in a spawned process, shard 0 in this one (one spawn keeps the test fast: importing torch is
     # most of its cost).
@@ -170,10 +198,11 @@ def test_two_shards_in_two_processes(tmp_path: Path) -> None:
     assert view_files(cache.root) == view_files(reference.root)
 
 
+@pytest.mark.unit
 def test_temp_files_are_not_views_and_stale_ones_are_removed(tmp_path: Path) -> None:
     cache = PseudoViewCache(tmp_path, make_meta())
-    fresh = cache.views_dir / ".00000001.npz.1.aaaaaaaa.tmp"
-    stale = cache.views_dir / ".00000002.npz.1.bbbbbbbb.tmp"
+    fresh = cache.views_dir / ".00000001.npz.1-aaaaaaaa.partial"
+    stale = cache.views_dir / ".00000002.npz.1-bbbbbbbb.partial"
     for path in (fresh, stale):
         path.write_bytes(b"partial")
     long_ago = time.time() - 2 * 3600
@@ -183,6 +212,7 @@ def test_temp_files_are_not_views_and_stale_ones_are_removed(tmp_path: Path) -> 
     assert fresh.exists() and not stale.exists()
 
 
+@pytest.mark.unit
 def test_corrupt_views_are_quarantined_and_rerendered(tmp_path: Path) -> None:
     cache = PseudoViewCache(tmp_path, make_meta())
     generate_views(cache, render, SAMPLER.poses, progress=False)
@@ -192,8 +222,9 @@ def test_corrupt_views_are_quarantined_and_rerendered(tmp_path: Path) -> None:
     data[100] ^= 0xFF  # inside the PNG payload: only a CRC check notices
     flipped.write_bytes(bytes(data))
 
-    with pytest.raises(CorruptViewError, match="pseudo view 2"):
+    with pytest.raises(CorruptViewError, match="pseudo view 2.*generate the views again") as error:
         cache.read(2)
+    assert isinstance(error.value, UsageError) and isinstance(error.value, RuntimeError)
     with pytest.raises(CorruptViewError, match="pseudo view 7"):
         cache.read(7)
     with pytest.warns(RuntimeWarning, match="pseudo view 2 .* re-rendered"):
@@ -205,6 +236,7 @@ def test_corrupt_views_are_quarantined_and_rerendered(tmp_path: Path) -> None:
     assert cache.verify(deep=True) == []
 
 
+@pytest.mark.unit
 def test_dataset_serves_another_view_when_one_is_corrupt(tmp_path: Path) -> None:
     cache = PseudoViewCache(tmp_path, make_meta())
     generate_views(cache, render, SAMPLER.poses, progress=False)
@@ -215,6 +247,7 @@ def test_dataset_serves_another_view_when_one_is_corrupt(tmp_path: Path) -> None
     assert cache.missing() == [0]
 
 
+@pytest.mark.unit
 def test_dataset_in_ram_and_streaming_agree(tmp_path: Path) -> None:
     cache = PseudoViewCache(tmp_path, make_meta())
     generate_views(cache, render, SAMPLER.poses, progress=False)
@@ -235,6 +268,57 @@ def test_dataset_in_ram_and_streaming_agree(tmp_path: Path) -> None:
     assert sorted(i for batch in loader for i in batch.indices.tolist()) == list(range(NUM_VIEWS))
 
 
+@pytest.mark.unit
+def test_a_moved_or_copied_run_keeps_its_cache(tmp_path: Path) -> None:
+    """The teacher's identity is its checkpoint's content: the run folder copied or moved elsewhere (cache inside)
+    asks for the same meta, and the cache is accepted as it is."""
+    run = fake_teacher_run(tmp_path / "here" / "outputs", os.urandom(4096))
+    original = PseudoViewCache(run / "pseudo_views" / "360-10-24x24-seed0", meta_of_run(run))
+    generate_views(original, render, SAMPLER.poses, progress=False)
+    copied_root = tmp_path / "copy"
+    shutil.copytree(tmp_path / "here", copied_root)
+    moved_root = tmp_path / "elsewhere" / "moved"
+    moved_root.parent.mkdir()
+    (tmp_path / "here").rename(moved_root)
+    for root in (copied_root, moved_root):
+        moved_run = root / run.relative_to(tmp_path / "here")
+        cache = PseudoViewCache(moved_run / "pseudo_views" / "360-10-24x24-seed0", meta_of_run(moved_run))
+        assert cache.meta == original.meta and cache.complete()
+        assert generate_views(cache, render, SAMPLER.poses, progress=False) == 0
+        assert cache.read(3).rgb.shape == (SIZE, SIZE, 3)
+
+
+@pytest.mark.unit
+def test_another_teacher_checkpoint_is_refused(tmp_path: Path) -> None:
+    run = fake_teacher_run(tmp_path / "outputs", b"teacher weights, version 1")
+    meta = meta_of_run(run)
+    assert meta.teacher["step"] == 1000 and len(meta.teacher["sha256"]) == 64
+    PseudoViewCache(tmp_path / "cache", meta)
+    (run / "nerfstudio_models" / "step-000001000.ckpt").write_bytes(b"teacher weights, trained further")
+    with pytest.raises(CacheMismatchError, match=r"different settings.*teacher\.sha256: '[0-9a-f]{64}' vs") as error:
+        PseudoViewCache(tmp_path / "cache", meta_of_run(run))
+    assert isinstance(error.value, UsageError) and isinstance(error.value, ValueError)
+    assert "new cache directory, or delete" in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.unit
+def test_old_or_unreadable_meta_is_explained(tmp_path: Path) -> None:
+    old = {**json.loads(make_meta().to_json()), "format_version": 1, "teacher_config": "/abs/config.yml"}
+    del old["teacher"]
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "meta.json").write_text(json.dumps(old))
+    message = rf"cache format 1, while .* reads format {CACHE_FORMAT_VERSION}.*delete .*old to regenerate"
+    with pytest.raises(CacheMismatchError, match=message):
+        PseudoViewCache(tmp_path / "old", make_meta())
+    with pytest.raises(CacheMismatchError, match="cache format 1"):
+        PseudoViewCache.open(tmp_path / "old")
+    (tmp_path / "torn").mkdir()
+    (tmp_path / "torn" / "meta.json").write_text('{"num_views": 1')
+    with pytest.raises(CacheMismatchError, match=r"torn/meta.json: .*delete"):
+        PseudoViewCache.open(tmp_path / "torn")
+
+
+@pytest.mark.unit
 def test_800x800_render_fits_in_1mb(tmp_path: Path) -> None:
     """A NeRF-like render: a shaded, textured, slightly noisy sphere filling ~44% of a white frame."""
     size = 800

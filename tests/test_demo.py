@@ -9,7 +9,7 @@ from pathlib import Path
 
 import imageio.v2 as imageio
 import pytest
-from conftest import ns_command, run_ns
+from support import ns_command, run_ns
 
 from nerfstudio_mobile.data.scenes import SceneConfig, generate_scene
 from nerfstudio_mobile.demo.demo import Demo

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import STUDENT_PSEUDO_VIEWS, ns_command, run_ns, viewer_camera
 from nerfstudio.data.scene_box import SceneBox
+from support import STUDENT_PSEUDO_VIEWS, ns_command, run_ns, viewer_camera
 
+from nerfstudio_mobile.common.cli import UsageError
 from nerfstudio_mobile.common.intrinsics import Intrinsics
 from nerfstudio_mobile.common.metrics import image_metrics
 from nerfstudio_mobile.common.runs import load_run
@@ -122,11 +123,52 @@ def test_generation_resumes_after_a_kill_and_shards_into_one_cache(nas_nerf_run:
         assert (views / name).read_bytes() == (tmp_path / "ref" / "views" / name).read_bytes(), name
 
 
+@pytest.mark.unit
 def test_missing_or_wrong_teacher_is_explained(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="pass --pipeline.datamanager.teacher-config"):
+    with pytest.raises(UsageError, match="pass --pipeline.datamanager.teacher-config"):
         PseudoViewDataManager(PseudoViewDataManagerConfig())
-    with pytest.raises(ValueError, match="does not exist"):
-        PseudoViewDataManagerConfig(teacher_config=tmp_path / "nope" / "config.yml")
+    with pytest.raises(UsageError, match="does not exist"):
+        PseudoViewDataManager(PseudoViewDataManagerConfig(teacher_config=tmp_path / "nope" / "config.yml"))
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [([], "pass --pipeline.datamanager.teacher-config"), (["--pipeline.datamanager.near", "0.5"], "both")],
+)
+def test_ns_train_mobile_r2l_says_what_is_missing_in_one_line(
+    nas_nerf_run: Path, tmp_path: Path, args: list[str], message: str
+) -> None:
+    teacher = [] if not args else ["--pipeline.datamanager.teacher-config", str(nas_nerf_run)]
+    result = subprocess.run(
+        [ns_command("ns-train"), "mobile-r2l", "--vis", "tensorboard", *teacher, *args],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in " ".join(result.stdout.split()) and "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_stock_nerfacto_teacher_distils_with_no_extra_flags(nerfacto_run: Path, tmp_path: Path) -> None:
+    """`ns-train nerfacto ... blender-data --data <scene>` keeps its scene in the dataparser and ignores the base
+    collider's 2/6: the student finds the scene, takes near from the teacher's depth and its far plane, and samples
+    the contracted space nerfacto sees (no AlexNet weights here: LPIPS off, training still works)."""
+    run_ns(
+        [ns_command("ns-train"), "mobile-r2l", "--pipeline.datamanager.teacher-config", str(nerfacto_run),
+         "--output-dir", "outputs", "--experiment-name", "scene", "--timestamp", "run", "--vis", "tensorboard",
+         "--max-num-iterations", "40", "--steps-per-save", "40", "--pipeline.datamanager.finetune-steps", "10",
+         "--pipeline.datamanager.num-pseudo-views", "8", "--pipeline.datamanager.images-per-batch", "4",
+         "--pipeline.model.network.num-blocks", "1", "--pipeline.model.network.width", "16"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    student_run = tmp_path / "outputs" / "scene" / "mobile-r2l" / "run" / "config.yml"
+    _, student, _ = load_run(student_run)
+    near, far = student.model.near_far.tolist()
+    assert student.model.encoding_config.space == "contracted"
+    assert far == pytest.approx(1000.0) and 0.0 < near < 3.5  # cameras sit 4 units from the object
+    assert (near, far) != (2.0, 6.0)
+    cache = teacher_cache(nerfacto_run)
+    assert cache.meta.teacher["method"] == "nerfacto" and cache.complete()
+    rgb = student.model.get_outputs_for_camera(student.datamanager.fixed_indices_eval_dataloader[0][0])["rgb"]
+    assert rgb.shape == (48, 48, 3) and torch.isfinite(rgb).all()
 
 
 def test_forward_facing_student_upscales_12x_and_renders_any_size() -> None:

@@ -1,9 +1,13 @@
+"""The ray encoding contract: K points per ray (bounded or contracted space), sin/cos encoding, channel order."""
+
 import math
 
 import pytest
 import torch
 
 from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig, encode_rays, positional_encoding, sample_points
+
+pytestmark = pytest.mark.unit
 
 
 def test_default_channel_count() -> None:
@@ -89,3 +93,30 @@ def test_encoding_is_fp32_under_autocast(input_dtype: torch.dtype) -> None:
         encoded = encode_rays(origins, directions, 2.0, 6.0, config)
     assert encoded.dtype == torch.float32
     assert torch.equal(encoded, reference)
+
+
+def test_contracted_space_matches_nerfacto_and_reaches_its_far_plane() -> None:
+    """A nerfacto teacher sees to its far plane through scene contraction: the student's K points are spaced
+    evenly in disparity up to that plane, and contracted exactly as nerfacto contracts space."""
+    from nerfstudio.field_components.spatial_distortions import SceneContraction
+
+    origins = torch.tensor([[[[0.3, -0.2, 0.1]]]])
+    directions = torch.tensor([[[[0.0, 0.6, -0.8]]]])
+    points = sample_points(origins, directions, 0.5, 1000.0, 8, jitter=False, disparity=True)
+    depths = (points - origins[..., None, :]).norm(dim=-1)[0, 0, 0]
+    assert torch.allclose(1.0 / depths, torch.linspace(1 / 0.5, 1 / 1000.0, 8), rtol=1e-4)
+    config = RayEncodingConfig(num_points=8, num_frequencies=1, space="contracted")
+    encoded = encode_rays(origins, directions, 0.5, 1000.0, config)
+    identity_channels = encoded[0, 2 * 24 :, 0, 0].reshape(8, 3)  # the last D channels are the coordinates
+    expected = SceneContraction(order=float("inf"))(points[0, 0, 0])
+    assert torch.allclose(identity_channels, expected, atol=1e-5)
+    assert identity_channels.abs().max() <= 2.0 and identity_channels[-1].abs().max() > 1.99
+
+
+def test_jittered_disparity_samples_stay_in_their_bins() -> None:
+    origins, directions = torch.zeros(64, 3), torch.tensor([0.0, 0.0, 1.0]).expand(64, 3)
+    fixed = sample_points(origins, directions, 1.0, 100.0, 4, jitter=False, disparity=True)[..., 2]
+    jittered = sample_points(origins, directions, 1.0, 100.0, 4, jitter=True, disparity=True)[..., 2]
+    assert ((jittered >= 1.0) & (jittered <= 100.0)).all()
+    assert not torch.equal(fixed, jittered)
+    assert (jittered.diff(dim=-1) > 0).all()  # still ordered along the ray

@@ -16,10 +16,10 @@ import pytest
 import torch
 import tyro
 
-from nerfstudio_mobile.export.cli import Commands, CoreMLExport, OnnxExport, entrypoint
+from nerfstudio_mobile.common.files import atomic_dir
+from nerfstudio_mobile.export.cli import Commands, CoreMLExport, OnnxExport, check_output_dir, entrypoint
 from nerfstudio_mobile.export.dependencies import require, require_coremltools
 from nerfstudio_mobile.export.errors import GridShapeError, MissingDependencyError, NotAStudentError, OutputExistsError
-from nerfstudio_mobile.export.files import atomic_output_dir
 from nerfstudio_mobile.export.graphs import export_graph, graph_input
 from nerfstudio_mobile.export.pipeline import ExportedFile, export_coreml_files, export_onnx_files
 from nerfstudio_mobile.export.sidecar import COMPRESSIONS, SIDECAR_KEY, ExportFrame, export_frame
@@ -64,6 +64,7 @@ def onnx_files(student: Student, frame: ExportFrame, tmp_path_factory: pytest.Te
     return {file.mode: file for file in exported}
 
 
+@pytest.mark.slow
 def test_pose_graph_matches_the_student_in_torch(student: Student, frame: ExportFrame) -> None:
     """World pose in, dataparser transform + rays + encoding in the graph: the same image as the student."""
     graph = export_graph(student.model.network, frame, "pose")
@@ -73,6 +74,7 @@ def test_pose_graph_matches_the_student_in_torch(student: Student, frame: Export
         assert (rgb - case.reference[0]).abs().max() < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["rays", "pose"])
 def test_fp16_package_matches_torch(coreml_files: CoreMLFiles, frame: ExportFrame, mode: str) -> None:
     exported = coreml_files[mode, "fp16"]
@@ -86,6 +88,7 @@ def test_fp16_package_matches_torch(coreml_files: CoreMLFiles, frame: ExportFram
     assert 2 * exported.params < exported.size_bytes < 2 * exported.params + 100_000
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("weights", ["int8", "palettize8", "palettize6", "palettize4"])
 def test_compressed_packages_verify_and_shrink(coreml_files: CoreMLFiles, weights: str) -> None:
     exported = coreml_files["pose", weights]
@@ -94,6 +97,7 @@ def test_compressed_packages_verify_and_shrink(coreml_files: CoreMLFiles, weight
     assert exported.size_bytes < coreml_files["pose", "fp16"].size_bytes
 
 
+@pytest.mark.slow
 def test_smaller_palettes_give_smaller_packages(coreml_files: CoreMLFiles) -> None:
     palettes = [coreml_files["pose", weights] for weights in ("fp16", "palettize8", "palettize6", "palettize4")]
     sizes = [file.size_bytes for file in palettes]
@@ -102,6 +106,7 @@ def test_smaller_palettes_give_smaller_packages(coreml_files: CoreMLFiles) -> No
     assert psnrs == sorted(psnrs, reverse=True)
 
 
+@pytest.mark.slow
 def test_package_carries_its_sidecar_and_keeps_the_encoding_fp32(coreml_files: CoreMLFiles) -> None:
     from nerfstudio_mobile.export.coreml_verify import check_ops
     from nerfstudio_mobile.export.mil import dtype_name, read_package
@@ -117,6 +122,7 @@ def test_package_carries_its_sidecar_and_keeps_the_encoding_fp32(coreml_files: C
     assert check_ops(package) == []
 
 
+@pytest.mark.slow
 def test_sidecar_is_enough_to_build_the_rays_input(
     coreml_files: CoreMLFiles, student: Student, frame: ExportFrame
 ) -> None:
@@ -146,6 +152,7 @@ def test_sidecar_is_enough_to_build_the_rays_input(
     assert sidecar["outputs"]["rgb"]["channels"] == ["red", "green", "blue"]
 
 
+@pytest.mark.slow
 def test_altered_weights_fail_verification(
     coreml_files: CoreMLFiles, student: Student, frame: ExportFrame, tmp_path: Path
 ) -> None:
@@ -171,6 +178,7 @@ def test_altered_weights_fail_verification(
     assert verification.fidelity.psnr < MIN_PSNR["fp16"] - 10
 
 
+@pytest.mark.slow
 def test_swapped_layer_fails_verification(student: Student, frame: ExportFrame, tmp_path: Path) -> None:
     """A network whose first residual block has its two convs swapped, checked against the true student."""
     from nerfstudio_mobile.export.onnx import export_onnx, verify_onnx
@@ -185,6 +193,7 @@ def test_swapped_layer_fails_verification(student: Student, frame: ExportFrame, 
     assert verification.fidelity.psnr < MIN_PSNR["fp32"] - 20
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["rays", "pose"])
 def test_onnx_matches_torch(onnx_files: OnnxFiles, mode: str) -> None:
     exported = onnx_files[mode]
@@ -194,6 +203,7 @@ def test_onnx_matches_torch(onnx_files: OnnxFiles, mode: str) -> None:
     assert json.loads(exported.path.with_suffix(".json").read_text())["input_mode"] == mode
 
 
+@pytest.mark.slow
 def test_cli_onnx_writes_files_and_prints_the_table(
     student: Student, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -209,6 +219,7 @@ def test_cli_onnx_writes_files_and_prints_the_table(
     assert not list(tmp_path.glob(".exports*")), "the staging directory is renamed into place"
 
 
+@pytest.mark.unit
 def test_cli_parses_both_subcommands() -> None:
     args = ["--load-config", "run/config.yml", "--output-dir", "out"]
     coreml = tyro.cli(Commands, args=["coreml", *args, "--compressions", "none", "palettize4", "--overwrite"])
@@ -217,20 +228,40 @@ def test_cli_parses_both_subcommands() -> None:
     assert isinstance(onnx, OnnxExport) and onnx.output_size == (96, 64) and onnx.input_modes == ("rays", "pose")
 
 
+def refusal(
+    argv: list[str], output_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> str:
+    """Run `ns-export-mobile *argv --output-dir output_dir`, which must refuse: exit 2 with one line (a message,
+    not a traceback) and nothing written. Returns that line."""
+    monkeypatch.setattr(sys, "argv", ["ns-export-mobile", *argv, "--output-dir", str(output_dir)])
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint()
+    assert exit_info.value.code == 2
+    out = capsys.readouterr().out
+    assert len(out.strip().splitlines()) == 1, out
+    assert not output_dir.exists()
+    return out
+
+
+@pytest.mark.slow
 def test_teacher_run_is_refused_with_what_to_do(
     nas_nerf_run: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     with pytest.raises(NotAStudentError, match="ns-train mobile-r2l --pipeline.datamanager.teacher-config"):
         load_student(nas_nerf_run)
-    argv = ["ns-export-mobile", "coreml", "--load-config", str(nas_nerf_run), "--output-dir", str(tmp_path / "x")]
-    monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit) as exit_info:
-        entrypoint()
-    assert exit_info.value.code == 2  # a message, not a traceback
-    assert "not a MobileR2L student" in capsys.readouterr().out
-    assert not (tmp_path / "x").exists()
+    argv = ["coreml", "--load-config", str(nas_nerf_run)]
+    assert "not a MobileR2L student" in refusal(argv, tmp_path / "x", monkeypatch, capsys)
 
 
+@pytest.mark.unit
+def test_missing_config_is_refused_with_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    argv = ["onnx", "--load-config", str(tmp_path / "config.yml")]
+    assert "config.yml does not exist" in refusal(argv, tmp_path / "x", monkeypatch, capsys)
+
+
+@pytest.mark.unit
 def test_missing_optional_dependencies_say_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
     from nerfstudio_mobile.export.coreml import compress
 
@@ -245,6 +276,7 @@ def test_missing_optional_dependencies_say_what_to_install(monkeypatch: pytest.M
         compress(object(), "palettize4")
 
 
+@pytest.mark.unit
 def test_non_empty_output_dir_needs_overwrite(tmp_path: Path) -> None:
     output_dir = tmp_path / "exports"
     output_dir.mkdir()
@@ -252,17 +284,19 @@ def test_non_empty_output_dir_needs_overwrite(tmp_path: Path) -> None:
     # Refused before the run is even read (the config does not exist).
     with pytest.raises(OutputExistsError, match="--overwrite"):
         CoreMLExport(load_config=tmp_path / "missing.yml", output_dir=output_dir).main()
-    with pytest.raises(RuntimeError), atomic_output_dir(output_dir, overwrite=True) as staging:
+    check_output_dir(output_dir, overwrite=True)
+    with pytest.raises(RuntimeError), atomic_dir(output_dir) as staging:
         (staging / "new.txt").write_text("half")
         raise RuntimeError("export failed")
     assert [path.name for path in tmp_path.iterdir()] == ["exports"]  # staging removed, old outputs intact
     assert (output_dir / "old.txt").exists()
-    with atomic_output_dir(output_dir, overwrite=True) as staging:
+    with atomic_dir(output_dir) as staging:
         (staging / "new.txt").write_text("complete")
     assert sorted(path.name for path in tmp_path.iterdir()) == ["exports"]
     assert [path.name for path in output_dir.iterdir()] == ["new.txt"]
 
 
+@pytest.mark.slow
 def test_output_size_must_be_whole_blocks(student: Student, frame: ExportFrame) -> None:
     with pytest.raises(GridShapeError, match="divisible by 8"):
         export_frame(student, (50, 48))

@@ -2,36 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
-import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
+from support import write_llff
 
+from nerfstudio_mobile.data.errors import SceneError
 from nerfstudio_mobile.data.llff import LLFFDataParserConfig
-from nerfstudio_mobile.data.scenes import SceneConfig, camera_poses, generate_scene
+from nerfstudio_mobile.data.scenes import SceneConfig
 from nerfstudio_mobile.mobile_r2l.views import detect_layout
 
-FULL_SIZE = 96  # the poses' focal refers to this resolution; images_2 holds half of it
-
-
-def write_llff(tmp_path: Path) -> tuple[Path, np.ndarray]:
-    config = SceneConfig(output_dir=tmp_path / "blender", layout="forward-facing", image_size=48, num_train=12,
-                         num_val=1, num_test=1)  # fmt: skip
-    blender = generate_scene(config)
-    c2w = camera_poses(config)["train"][:, :3, :4]  # OpenGL [right, up, back]
-    llff = tmp_path / "llff"
-    (llff / "images_2").mkdir(parents=True)
-    for i in range(len(c2w)):
-        imageio.imwrite(llff / "images_2" / f"{i:03d}.png", imageio.imread(blender / "train" / f"r_{i}.png")[..., :3])
-    focal = 0.5 * FULL_SIZE / np.tan(0.5 * config.camera_angle_x)
-    llff_rotation = np.stack([-c2w[:, :, 1], c2w[:, :, 0], c2w[:, :, 2]], axis=2)  # [down, right, back]
-    hwf = np.broadcast_to(np.array([FULL_SIZE, FULL_SIZE, focal])[None, :, None], (len(c2w), 3, 1))
-    poses = np.concatenate([llff_rotation, c2w[:, :, 3:], hwf], axis=2).reshape(len(c2w), 15)
-    depth = np.linalg.norm(c2w[:, :, 3], axis=1)
-    np.save(llff / "poses_bounds.npy", np.concatenate([poses, np.stack([depth - 1.5, depth + 1.5], 1)], 1))
-    return llff, c2w
+pytestmark = pytest.mark.unit
 
 
 def test_llff_scene_loads_with_its_geometry(tmp_path: Path) -> None:
@@ -54,5 +38,20 @@ def test_llff_scene_loads_with_its_geometry(tmp_path: Path) -> None:
 
 
 def test_not_an_llff_scene(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="poses_bounds.npy"):
+    with pytest.raises(SceneError, match="poses_bounds.npy"):
         LLFFDataParserConfig(data=tmp_path).setup().get_dataparser_outputs("train")
+
+
+def test_a_download_with_images_n_only_reads_the_largest_it_has(tmp_path: Path) -> None:
+    """A common LLFF download has images_8/ but no full-resolution images/: factor 1 (the originals) reads the
+    largest images there are, with the focal scaled to them, instead of failing."""
+    llff, _ = write_llff(tmp_path)
+    assert not (llff / "images").exists()
+    originals = LLFFDataParserConfig(data=llff, downscale_factor=1).setup().get_dataparser_outputs("train")
+    halves = LLFFDataParserConfig(data=llff, downscale_factor=2).setup().get_dataparser_outputs("train")
+    assert originals.image_filenames == halves.image_filenames
+    assert torch.equal(originals.cameras.fx, halves.cameras.fx)
+    for name in ("images_2", "images"):
+        shutil.rmtree(llff / name, ignore_errors=True)
+    with pytest.raises(SceneError, match="no images/ or images_N/"):
+        LLFFDataParserConfig(data=llff).setup().get_dataparser_outputs("train")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from unittest import mock
 
@@ -14,10 +15,13 @@ from nerfstudio.fields.vanilla_nerf_field import NeRFField
 from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
 
 from nas_nerf.cell import FieldCell, FieldCellConfig, load_architecture, save_architecture
+from nas_nerf.complexity import entrypoint as complexity_entrypoint
 from nas_nerf.complexity import field_complexity, model_complexity
 from nas_nerf.configs import PAPER_LEGO_CELLS
 from nas_nerf.field import CellField
 from nas_nerf.model import NASNeRFModelConfig
+
+pytestmark = pytest.mark.unit
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -196,7 +200,7 @@ def test_checkpoint_writes_are_atomic(tmp_path: Path) -> None:
 @pytest.mark.parametrize("metadata", [{}, {"near_far": (1.2, 6.5)}])
 def test_eval_renders_sample_the_depth_range_training_saw(metadata: dict) -> None:
     """nerfstudio's collider moves the near plane to 0 outside training; a NeRF evaluated that way samples
-    untrained space in front of the camera (fern's teacher lost 9 dB to it)."""
+    untrained space in front of the camera (a forward-facing teacher renders far worse than it trained)."""
     from nerfstudio.cameras.rays import RayBundle
     from nerfstudio.data.scene_box import SceneBox
 
@@ -209,3 +213,21 @@ def test_eval_renders_sample_the_depth_range_training_saw(metadata: dict) -> Non
         model.train(training)
         bundle = model.collider(RayBundle(torch.zeros(3, 3), torch.tensor([[0.0, 0.0, -1.0]] * 3), torch.ones(3, 1)))
         assert torch.all(bundle.nears == near) and torch.all(bundle.fars == far)
+
+
+def test_complexity_cli_reports_errors_without_a_traceback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    not_a_run = tmp_path / "config.yml"
+    not_a_run.write_text("pipeline: {}\n")
+    for args, message in [
+        (["--architecture-file", str(tmp_path / "missing.json")], "expected a JSON from ns-nas-search"),
+        (["--load-config", str(tmp_path / "missing.yml")], "pass the config.yml of a trained nas-nerf run"),
+        (["--load-config", str(not_a_run)], "is not a nas-nerf run"),
+    ]:
+        monkeypatch.setattr(sys, "argv", ["ns-nas-complexity", *args])
+        with pytest.raises(SystemExit) as exit_info:
+            complexity_entrypoint()
+        error = capsys.readouterr().err
+        assert exit_info.value.code == 2 and error.startswith("ns-nas-complexity: ") and message in error
+        assert len(error.strip().splitlines()) == 1

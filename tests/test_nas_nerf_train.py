@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import TEACHER_ITERATIONS, ns_command, run_ns, viewer_camera
+from support import TEACHER_ITERATIONS, ns_command, run_ns, viewer_camera
 
 from nas_nerf.complexity import cells_from_run
 from nerfstudio_mobile.common.runs import load_run, read_run_config

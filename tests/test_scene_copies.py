@@ -11,9 +11,9 @@ import pytest
 import torch
 from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
-from test_llff import FULL_SIZE, write_llff
+from support import FULL_SIZE, write_llff
 
-from nerfstudio_mobile.data.formats import SceneError
+from nerfstudio_mobile.data.errors import SceneError
 from nerfstudio_mobile.data.llff import LLFFDataParserConfig
 from nerfstudio_mobile.data.scene_copies import downscaled_copy
 from nerfstudio_mobile.data.scenes import SceneConfig, generate_scene

@@ -2,27 +2,54 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
 from pathlib import Path
 
+import cv2
 import imageio.v2 as imageio
 import numpy as np
 import pytest
 import torch
+from nerfstudio.cameras import camera_utils
+from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 
-from nerfstudio_mobile.data import scenes
-from nerfstudio_mobile.data.scenes import SceneConfig, camera_poses, generate_scene, render_view
+from nerfstudio_mobile.data.scenes import (
+    SceneConfig,
+    camera_poses,
+    focal_length,
+    generate_scene,
+    render,
+    render_view,
+    writer,
+)
+from nerfstudio_mobile.data.scenes.cameras import ray_directions
+
+pytestmark = pytest.mark.unit
 
 SMALL = dict(image_size=48, num_train=4, num_val=2, num_test=2, supersample=2)
 TINY = dict(image_size=16, num_train=3, num_val=1, num_test=1, supersample=1)
+DISTORTION = (-0.25, 0.06, 0.002, -0.003)
+"""A wide phone lens: strong barrel distortion with a little tangential decentering."""
+PHONE = SceneConfig(
+    image_size=65, num_train=3, num_val=1, num_test=1, supersample=3, camera_angle_x=0.9,
+    format="nerfstudio", distortion=DISTORTION, unbounded=True,
+)  # fmt: skip
+"""A distorted, unbounded nerfstudio capture; odd size and supersample: one ray of the centre pixel is the axis."""
 
 
 @pytest.fixture(scope="module")
 def scene_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return generate_scene(SceneConfig(output_dir=tmp_path_factory.mktemp("s") / "scene", **SMALL))
+
+
+@pytest.fixture(scope="module")
+def phone_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_scene(dataclasses.replace(PHONE, output_dir=tmp_path_factory.mktemp("p") / "phone"))
 
 
 def _load_rgba(path: Path) -> np.ndarray:
@@ -118,7 +145,7 @@ def test_differing_existing_dir_is_refused_without_overwrite(tmp_path: Path) -> 
 
 def test_interrupted_run_leaves_no_scene(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = {"n": 0}
-    real_imwrite = scenes.imageio.imwrite
+    real_imwrite = writer.imageio.imwrite
 
     def failing_imwrite(*args: object, **kwargs: object) -> None:
         calls["n"] += 1
@@ -126,11 +153,11 @@ def test_interrupted_run_leaves_no_scene(tmp_path: Path, monkeypatch: pytest.Mon
             raise KeyboardInterrupt
         real_imwrite(*args, **kwargs)
 
-    monkeypatch.setattr(scenes.imageio, "imwrite", failing_imwrite)
+    monkeypatch.setattr(writer.imageio, "imwrite", failing_imwrite)
     with pytest.raises(KeyboardInterrupt):
         generate_scene(SceneConfig(output_dir=tmp_path / "s", **TINY))
     assert list(tmp_path.iterdir()) == []
-    monkeypatch.setattr(scenes.imageio, "imwrite", real_imwrite)
+    monkeypatch.setattr(writer.imageio, "imwrite", real_imwrite)
     assert (generate_scene(SceneConfig(output_dir=tmp_path / "s", **TINY)) / "scene.json").is_file()
 
 
@@ -145,6 +172,9 @@ def test_interrupted_run_leaves_no_scene(tmp_path: Path, monkeypatch: pytest.Mon
         {"image_size": 32.5},
         {"layout": "spiral"},
         {"camera_angle_x": 0.0},
+        {"format": "colmap"},
+        {"distortion": (0.1, 0.0, 0.0)},
+        {"distortion": (0.1, 0.0, 0.0, 0.0)},  # the Blender format has no distortion
     ],
 )
 def test_invalid_config_raises_value_error(tmp_path: Path, bad: dict[str, object]) -> None:
@@ -207,66 +237,147 @@ def _top_down(height: float = 4.0) -> torch.Tensor:
     return c2w
 
 
-def test_render_view_depth_matches_known_geometry() -> None:
+def test_render_view_matches_known_geometry() -> None:
     size = 33  # odd + supersample 1: the centre pixel's ray is exactly the optical axis
-    rgba, depth = render_view(_top_down(), size, 0.6911112070083618, supersample=1)
-    assert rgba.shape == (size, size, 4) and depth.shape == (size, size)
+    rgba = render_view(_top_down(), size, 0.6911112070083618, supersample=1)
+    assert rgba.shape == (size, size, 4)
     c = size // 2
-    # The globe (radius 0.5, centred at the origin, nothing above it): top at z = 0.5.
-    assert rgba[c, c, 3] == 1.0 and depth[c, c].item() == pytest.approx(3.5, abs=1e-4)
-    # Corners look past the ground slab: background, alpha 0, depth inf.
-    assert rgba[0, 0, 3] == 0.0 and math.isinf(depth[0, 0].item())
-    # z-depth vs ray distance at an off-centre pixel.
-    _, ray = render_view(_top_down(), size, 0.6911112070083618, supersample=1, depth_mode="ray")
-    f = 0.5 * size / math.tan(0.5 * 0.6911112070083618)
-    i, j = c + 5, c - 3
-    scale = math.sqrt(1 + ((j + 0.5 - size / 2) / f) ** 2 + ((i + 0.5 - size / 2) / f) ** 2)
-    assert ray[i, j].item() == pytest.approx(depth[i, j].item() * scale, rel=1e-5)
-
-
-def test_render_view_depth_is_multiview_consistent() -> None:
-    """Unproject view A with its z-depth, reproject into view B: depths agree where the point is visible."""
-    size, angle = 64, 0.6911112070083618
-    f = 0.5 * size / math.tan(0.5 * angle)
-    ring = camera_poses(SceneConfig(num_val=16))["val"]  # neighbours on the ring are 22.5 degrees apart
-    a, b = (torch.from_numpy(p).float() for p in ring[:2])
-    rgba_a, depth_a = render_view(a, size, angle, supersample=1)
-    _, depth_b = render_view(b, size, angle, supersample=1)
-    ii, jj = torch.nonzero(rgba_a[..., 3] == 1.0, as_tuple=True)
-    z = depth_a[ii, jj]
-    cam = torch.stack([(jj + 0.5 - size / 2) / f * z, -(ii + 0.5 - size / 2) / f * z, -z], -1)
-    world = cam @ a[:3, :3].T + a[:3, 3]
-    assert world.abs().max() < 1.2, "surface points lie inside the scene bounds"
-    cam_b = (world - b[:3, 3]) @ b[:3, :3]
-    zb = -cam_b[:, 2]
-    # Continuous pixel position in B; interpolate 1/z bilinearly (exact on planes, so slanted ground works).
-    x = cam_b[:, 0] / zb * f + size / 2 - 0.5
-    y = -cam_b[:, 1] / zb * f + size / 2 - 0.5
-    x0, y0 = torch.floor(x).long(), torch.floor(y).long()
-    inside = (x0 >= 0) & (x0 < size - 1) & (y0 >= 0) & (y0 < size - 1)
-    x, y, x0, y0, zb = x[inside], y[inside], x0[inside], y0[inside], zb[inside]
-    inv, wx, wy = 1.0 / depth_b, x - x0, y - y0
-    inv_b = (inv[y0, x0] * (1 - wx) + inv[y0, x0 + 1] * wx) * (1 - wy) + (
-        inv[y0 + 1, x0] * (1 - wx) + inv[y0 + 1, x0 + 1] * wx
-    ) * wy
-    err = (1.0 / inv_b - zb).abs()
-    assert len(err) > 1000
-    # Points hidden in B (about a quarter here) disagree; the visible ones agree to millimetres. With
-    # ray distances instead of z-depth only ~25% would pass and the median error would be ~2 cm.
-    assert err.median() < 0.005 and (err < 0.005).float().mean() > 0.6, f"median error {err.median():.4f}"
+    # The globe (radius 0.5, centred at the origin, nothing above it) fills the centre.
+    assert rgba[c, c, 3] == 1.0
+    # Corners look past the ground slab: background, alpha 0.
+    assert rgba[0, 0, 3] == 0.0
 
 
 def test_render_view_chunking_does_not_change_the_image(monkeypatch: pytest.MonkeyPatch) -> None:
     c2w = torch.from_numpy(camera_poses(SceneConfig(num_train=1))["train"][0])
     full = render_view(c2w, 24, 0.69, supersample=2)
-    monkeypatch.setattr(scenes, "_MAX_SAMPLES_PER_CHUNK", 100)  # many chunks, as at 800x800
-    chunked = render_view(c2w, 24, 0.69, supersample=2)
-    assert torch.equal(full[0], chunked[0]) and torch.equal(full[1], chunked[1])
+    monkeypatch.setattr(render, "_MAX_SAMPLES_PER_CHUNK", 100)  # many chunks, as at 800x800
+    assert torch.equal(full, render_view(c2w, 24, 0.69, supersample=2))
 
 
 def test_cli_entrypoint_writes_scene(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "cli"
     args = ["--output-dir", str(out), "--image-size", "8", "--num-train", "2", "--num-val", "1"]
     monkeypatch.setattr(sys, "argv", ["ns-make-scene", *args, "--num-test", "1", "--supersample", "1"])
-    scenes.entrypoint()
+    writer.entrypoint()
     assert len(json.loads((out / "transforms_train.json").read_text())["frames"]) == 2
+
+
+def test_cli_bad_input_is_one_red_line_and_exit_code_2(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    for args, reason in (
+        (["--output-dir", str(tmp_path / "s"), "--image-size", "7"], "image_size"),
+        (["--output-dir", str(tmp_path / "mine"), "--image-size", "8"], "--output-dir"),
+    ):
+        monkeypatch.setattr(sys, "argv", ["ns-make-scene", *args])
+        with pytest.raises(SystemExit) as exit_info:
+            writer.entrypoint()
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ns-make-scene: ") and reason in err and err.count("\n") == 1, err
+    assert not (tmp_path / "s").exists() and (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def _opencv_matrix(size: int, angle: float) -> np.ndarray:
+    """OpenCV's camera matrix: its pixel centres are integers, nerfstudio's (and COLMAP's) are at +0.5."""
+    f = focal_length(size, angle)
+    return np.array([[f, 0.0, 0.5 * size - 0.5], [0.0, f, 0.5 * size - 0.5], [0.0, 0.0, 1.0]])
+
+
+def test_distorted_capture_is_written_as_ns_process_data_does(phone_dir: Path) -> None:
+    size = PHONE.image_size
+    meta = json.loads((phone_dir / "transforms.json").read_text())
+    assert not list(phone_dir.glob("transforms_*.json"))
+    f = focal_length(size, PHONE.camera_angle_x)
+    assert meta["camera_model"] == "OPENCV" and meta["w"] == meta["h"] == size
+    assert meta["fl_x"] == meta["fl_y"] == f and meta["cx"] == meta["cy"] == size / 2
+    assert (meta["k1"], meta["k2"], meta["p1"], meta["p2"]) == DISTORTION
+    paths = [frame["file_path"] for frame in meta["frames"]]
+    assert paths == [f"images/frame_{i:05d}.png" for i in range(1, 6)]
+    splits = [meta[f"{split}_filenames"] for split in ("train", "val", "test")]
+    assert splits == [paths[:3], paths[3:4], paths[4:]]
+    poses = camera_poses(PHONE)
+    expected = np.concatenate([poses["train"], poses["val"], poses["test"]])
+    assert np.allclose([frame["transform_matrix"] for frame in meta["frames"]], expected)
+    image = _load_rgba(phone_dir / paths[0])
+    assert image.shape == (size, size, 3), "an unbounded capture is opaque RGB, like a photo"
+
+
+def test_nerfstudio_parser_reads_the_distorted_capture(phone_dir: Path) -> None:
+    parser = NerfstudioDataParserConfig(data=phone_dir).setup()
+    outputs = {split: parser.get_dataparser_outputs(split) for split in ("train", "val", "test")}
+    assert [len(out.image_filenames) for out in outputs.values()] == [3, 1, 1]
+    assert all(Path(f).is_file() for out in outputs.values() for f in out.image_filenames)
+    params = outputs["train"].cameras.distortion_params
+    assert params is not None and params.abs().sum() > 0
+    k1, k2, p1, p2 = DISTORTION
+    assert torch.allclose(params[0], torch.tensor([k1, k2, 0.0, 0.0, p1, p2]))
+
+
+@pytest.mark.filterwarnings("ignore:Using a non-tuple sequence")  # inside nerfstudio's generate_rays
+def test_distorted_pixels_are_opencv_and_nerfstudio_rays() -> None:
+    """The lens is OpenCV's, and a teacher trained by nerfstudio on the capture sees the rays it was rendered with."""
+    size, angle = 21, 0.9
+    c2w = torch.from_numpy(camera_poses(SceneConfig(num_train=1))["train"][0]).float()
+    centres = torch.arange(size, dtype=torch.float32) + 0.5
+    v, u = torch.meshgrid(centres, centres, indexing="ij")
+    ours = ray_directions(u, v, size, angle, DISTORTION)
+    pixels = torch.stack([u, v], -1).reshape(-1, 1, 2).double().numpy()
+    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
+    opencv = cv2.undistortPointsIter(
+        pixels - 0.5, _opencv_matrix(size, angle), np.array(DISTORTION), None, None, criteria
+    )
+    assert np.allclose(ours[..., :2].reshape(-1, 2) * torch.tensor([1.0, -1.0]), opencv[:, 0], atol=1e-5)
+
+    f = focal_length(size, angle)
+    k1, k2, p1, p2 = DISTORTION
+    cameras = Cameras(
+        camera_to_worlds=c2w[None, :3], fx=f, fy=f, cx=size / 2, cy=size / 2, width=size, height=size,
+        distortion_params=camera_utils.get_distortion_params(k1=k1, k2=k2, p1=p1, p2=p2)[None],
+    )  # fmt: skip
+    expected = cameras.generate_rays(camera_indices=0).directions
+    assert torch.allclose(torch.nn.functional.normalize(ours @ c2w[:3, :3].T, dim=-1), expected, atol=1e-5)
+
+
+def test_distorted_image_undistorts_to_the_pinhole_image(phone_dir: Path) -> None:
+    size, angle = PHONE.image_size, PHONE.camera_angle_x
+    c2w = torch.from_numpy(camera_poses(PHONE)["train"][0])
+    pinhole = render_view(c2w, size, angle, PHONE.supersample, unbounded=True)[..., :3]
+    pinhole = (pinhole * 255.0 + 0.5).floor().double().numpy() / 255.0  # as a PNG stores it
+    distorted = _load_rgba(phone_dir / "images" / "frame_00001.png").astype(np.float64) / 255.0
+    c = size // 2
+    assert np.array_equal(distorted[c, c], pinhole[c, c]), "no distortion on the optical axis"
+    diff = np.abs(distorted - pinhole).mean(-1)
+    assert all(corner.mean() > 0.01 for corner in (diff[:8, :8], diff[:8, -8:], diff[-8:, :8], diff[-8:, -8:]))
+    # OpenCV's undistortion of the written image recovers the pinhole render, up to its resampling (which a blur
+    # hides, while a lens left uncorrected would not be hidden).
+    undistorted = cv2.undistort(distorted, _opencv_matrix(size, angle), np.array(DISTORTION))
+    inner = (slice(8, -8), slice(8, -8))
+
+    def error(image: np.ndarray) -> float:
+        return float(np.abs(cv2.GaussianBlur(image - pinhole, (0, 0), 1.5))[inner].mean())
+
+    assert error(undistorted) < 0.4 * error(distorted), (error(undistorted), error(distorted))
+
+
+def test_unbounded_scene_has_far_opaque_surroundings(tmp_path: Path) -> None:
+    out = generate_scene(SceneConfig(output_dir=tmp_path / "u", unbounded=True, **TINY))
+    image = _load_rgba(out / "train" / "r_0.png")
+    assert image.shape == (16, 16, 3), "no transparent background left"
+    assert len(BlenderDataParserConfig(data=out).setup().get_dataparser_outputs("train").image_filenames) == 3
+    bounded = _load_rgba(generate_scene(SceneConfig(output_dir=tmp_path / "b", **TINY)) / "train" / "r_0.png")
+    background = bounded[..., 3] == 0
+    assert background.any() and (image[background].astype(int).sum(-1) > 150).all(), "sky or ground, not black"
+    # Looking level from just above the far ground (0.1), away from the scene: the ray one pixel below the axis
+    # meets the ground at 0.1 f, far outside the cameras' sphere, and the ground is still there; above it, sky.
+    c2w = torch.eye(4)
+    c2w[:3, :3] = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])  # right x, up z: looks along +y
+    c2w[:3, 3] = torch.tensor([0.0, 3.0, -0.9])
+    size, angle = 65, 0.3
+    assert 0.1 * focal_length(size, angle) > 20.0
+    column = render_view(c2w, size, angle, supersample=1, unbounded=True)[:, size // 2, :3]
+    below, above = column[size // 2 + 1], column[size // 2 - 1]
+    assert below[1] > below[2] and above[2] > above[1], "greenish ground under a bluish sky"

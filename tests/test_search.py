@@ -1,5 +1,6 @@
 """`ns-nas-search` on the generated scene: targets → trials → tiers → architecture JSONs that train, resuming a
-killed search, two workers on one SQLite study, the budget, and errors. Budgets are tiny (about 10 s a trial)."""
+killed search, two workers on one SQLite study, the budget, trials on nerfstudio and LLFF folders, and errors.
+Budgets are tiny (seconds a trial)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,9 +17,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import imageio.v2 as imageio
+import numpy as np
 import optuna
 import pytest
 import torch
+from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from rich.console import Console
@@ -28,10 +33,17 @@ from nas_nerf.model import NASNeRFModelConfig
 from nas_nerf.search import SearchError
 from nas_nerf.search import study as study_module
 from nas_nerf.search.cli import entrypoint
+from nas_nerf.search.config import SearchConfig
+from nas_nerf.search.pruning import PrunerConfig
+from nas_nerf.search.records import outcome
+from nas_nerf.search.report import frame_milliseconds
 from nas_nerf.search.space import Architecture, FieldSpace, SearchSpace
-from nas_nerf.search.study import PrunerConfig, Search, SearchConfig, outcome
+from nas_nerf.search.study import Search
 from nas_nerf.search.targets import TIER_FRACTIONS, TIERS, Targets
-from nas_nerf.search.train import TrialTraining
+from nas_nerf.search.train import TrialTraining, train, trainer_config
+from nerfstudio_mobile.data.formats import scene_format
+from nerfstudio_mobile.data.llff import LLFFDataParserConfig
+from nerfstudio_mobile.data.scenes import SceneConfig, focal_length, generate_scene
 
 SPACE_ARGS = [
     "--coarse.depth1", "1", "2", "--coarse.depth3", "1", "1", "--coarse.widths", "8", "32",
@@ -141,6 +153,7 @@ def resumed_search(synthetic_scene: Path, tmp_path_factory: pytest.TempPathFacto
     return {"output_dir": output_dir, "before": before, "killed": killed, "log": log, "summary": summary}
 
 
+@pytest.mark.slow
 def test_resume_continues_the_killed_study(resumed_search: dict) -> None:
     output_dir, before = resumed_search["output_dir"], resumed_search["before"]
     after = studies(output_dir)
@@ -165,6 +178,7 @@ def test_resume_continues_the_killed_study(resumed_search: dict) -> None:
     assert trained_dirs | {f"{killed_part}-{killed_number:04d}"} == run_dirs(output_dir)  # one per training
 
 
+@pytest.mark.slow
 def test_tiers_meet_targets_and_nest(resumed_search: dict) -> None:
     summary = resumed_search["summary"]
     boundaries = {
@@ -188,6 +202,7 @@ def test_tiers_meet_targets_and_nest(resumed_search: dict) -> None:
     assert len((output_dir / "table.csv").read_text().splitlines()) == 5
 
 
+@pytest.mark.slow
 def test_over_budget_architectures_were_not_trained(resumed_search: dict) -> None:
     output_dir = resumed_search["output_dir"]
     for part, study in studies(output_dir).items():
@@ -197,6 +212,7 @@ def test_over_budget_architectures_were_not_trained(resumed_search: dict) -> Non
                 assert f"{part}-{trial.number:04d}" not in run_dirs(output_dir)
 
 
+@pytest.mark.slow
 def test_tier_architecture_trains_with_ns_train_recipe(resumed_search: dict, synthetic_scene: Path) -> None:
     path = resumed_search["output_dir"] / "architectures" / "xxs.json"
     coarse, fine = load_architecture(path)
@@ -216,6 +232,7 @@ def test_tier_architecture_trains_with_ns_train_recipe(resumed_search: dict, syn
     assert trainer.step == 2 and any(config.get_checkpoint_dir().glob("step-*.ckpt"))
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study(synthetic_scene: Path, tmp_path: Path) -> None:
     output_dir = tmp_path / "shared"
     args = search_args(
@@ -241,6 +258,7 @@ def test_two_workers_share_one_study(synthetic_scene: Path, tmp_path: Path) -> N
     assert run_dirs(output_dir) == {f"{p}-{t.number:04d}" for p, s in studies(output_dir).items() for t in trained(s)}
 
 
+@pytest.mark.unit
 def test_over_budget_proposals_never_reach_training(
     synthetic_scene: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -265,6 +283,7 @@ def test_over_budget_proposals_never_reach_training(
     assert all(r.gflops <= 35.0 for r in result.records)
 
 
+@pytest.mark.unit
 def test_budget_rule_and_evaluation_rungs() -> None:
     training = TrialTraining(steps=100, step_scaling=0.5, max_step_factor=2.0)
     assert training.steps_for(params=1000, largest_params=1000) == 100
@@ -276,6 +295,7 @@ def test_budget_rule_and_evaluation_rungs() -> None:
     assert targets.pace("s", 60) == pytest.approx(0.45) and targets.pace("xxs", 100) == pytest.approx(0.5)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("space", "message"),
     [
@@ -290,6 +310,7 @@ def test_invalid_ranges_are_refused(space: SearchSpace, message: str) -> None:
         space.validate()
 
 
+@pytest.mark.unit
 def test_cli_reports_errors_without_a_traceback(
     synthetic_scene: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -303,3 +324,67 @@ def test_cli_reports_errors_without_a_traceback(
         with pytest.raises(SystemExit) as exit_info:
             entrypoint()
         assert exit_info.value.code == 2 and message in capsys.readouterr().out
+
+
+def llff_scene(blender: Path, folder: Path) -> Path:
+    """The generated Blender scene's train and val views as one LLFF folder (poses_bounds.npy and images/)."""
+    frames, angle = [], 0.0
+    for split in ("train", "val"):
+        meta = json.loads((blender / f"transforms_{split}.json").read_text())
+        frames += meta["frames"]
+        angle = meta["camera_angle_x"]
+    (folder / "images").mkdir(parents=True)
+    for i, frame in enumerate(frames):
+        shutil.copy(blender / f"{frame['file_path']}.png", folder / "images" / f"{i:03d}.png")
+    c2w = np.array([frame["transform_matrix"] for frame in frames])[:, :3, :4]  # OpenGL [right, up, back]
+    rotation = np.stack([-c2w[:, :, 1], c2w[:, :, 0], c2w[:, :, 2]], axis=2)  # LLFF's [down, right, back]
+    size = imageio.imread(folder / "images" / "000.png").shape[0]
+    hwf = np.broadcast_to(np.array([size, size, focal_length(size, angle)])[None, :, None], (len(c2w), 3, 1))
+    poses = np.concatenate([rotation, c2w[:, :, 3:], hwf], axis=2).reshape(len(c2w), 15)
+    bounds = np.broadcast_to(np.array([2.0, 6.0]), (len(c2w), 2))  # the cameras sit 4 from the scene's centre
+    np.save(folder / "poses_bounds.npy", np.concatenate([poses, bounds], axis=1))
+    return folder
+
+
+def scene_in_format(kind: str, blender: Path, folder: Path) -> Path:
+    """A small scene in one of the two formats a search reads besides Blender's."""
+    if kind == "llff":
+        return llff_scene(blender, folder)
+    config = SceneConfig(output_dir=folder, format="nerfstudio", image_size=32, num_train=12, num_val=2,
+                         num_test=1, supersample=1)  # fmt: skip
+    return generate_scene(config)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("kind", "parser_type"), [("nerfstudio", NerfstudioDataParserConfig), ("llff", LLFFDataParserConfig)]
+)
+def test_a_trial_trains_and_is_timed_on_nerfstudio_and_llff_scenes(
+    synthetic_scene: Path, tmp_path: Path, kind: str, parser_type: type
+) -> None:
+    scene = scene_in_format(kind, synthetic_scene, tmp_path / kind)
+    assert scene_format(scene) == kind
+    small = FieldCellConfig((1, 1, 1), (8, 8, 8))
+    training = TrialTraining(steps=2, rays_per_batch=64, num_coarse_samples=8, num_importance_samples=8)
+    config = trainer_config(Architecture(small, small), training, scene, tmp_path / "runs", "trial", steps=2)
+    assert isinstance(config.pipeline.datamanager.dataparser, parser_type)
+    evaluations: list[tuple[int, dict[str, float]]] = []
+    train(config, [2], 1, lambda step, metrics: evaluations.append((step, metrics)), lambda step: None)
+    [(step, metrics)] = evaluations
+    assert step == 2 and 0 < metrics["ssim"] <= 1 and metrics["psnr"] > 0
+    search = SearchConfig(data=scene, output_dir=tmp_path, training=training)
+    search.validate()  # the search takes the folder as it is
+    milliseconds, frame = frame_milliseconds({"xxs": Architecture(small, small)}, search, repeats=1)
+    assert frame == imageio.imread(next((scene / "images").iterdir())).shape[:2] and milliseconds["xxs"] > 0
+
+
+@pytest.mark.unit
+def test_cli_refuses_a_folder_that_is_no_scene(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["ns-nas-search", "--data", str(tmp_path), "--output-dir", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_info:
+        entrypoint()
+    output = capsys.readouterr().out
+    assert exit_info.value.code == 2 and "is not a Blender (transforms_train.json), nerfstudio" in output
+    assert "Traceback" not in output

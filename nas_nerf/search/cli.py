@@ -15,8 +15,9 @@ import torch
 from rich.console import Console
 
 from nas_nerf.search import SearchError
+from nas_nerf.search.config import SearchConfig
 from nas_nerf.search.report import write_report
-from nas_nerf.search.study import Search, SearchConfig
+from nas_nerf.search.study import Search
 from nerfstudio_mobile.common.cli import run_cli
 
 CONSOLE = Console(width=None if sys.stdout.isatty() else 160)  # logs: long lines rather than wrapped ones
@@ -24,13 +25,11 @@ CONSOLE = Console(width=None if sys.stdout.isatty() else 160)  # logs: long line
 
 @dataclass
 class NASSearch(SearchConfig):
-    """Search the smallest coarse/fine field cells that meet the S, XS and XXS SSIM targets on one scene (NAS-NeRF,
-    with Optuna in place of GenSynth). Running the command again continues the search; workers sharing a storage
-    share the search."""
+    """Search the smallest NAS-NeRF field cells that meet the S, XS and XXS SSIM targets on one scene. Running it
+    again continues the search; workers sharing a storage share it."""
 
     timing_repeats: int = 3
-    """Timed renders of one eval frame per architecture (interleaved, median) for the render-time ratios; 0 skips
-    the timing."""
+    """Timed renders of one eval frame per architecture (median) for the render-time ratios; 0: no timing."""
     threads: int | None = None
     """torch CPU threads of this worker (default: torch's choice); N workers on one machine: cores / N each."""
 

@@ -16,25 +16,25 @@ import csv
 import io
 import json
 import statistics
-import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
-import torch
 from matplotlib.figure import Figure
 from rich.console import Console
 from rich.table import Table
 
 from nas_nerf.cell import FieldCellConfig, save_architecture
 from nas_nerf.model import NASNeRFModelConfig
+from nas_nerf.search.config import SearchConfig
+from nas_nerf.search.records import Record, SearchResult
 from nas_nerf.search.space import Architecture
-from nas_nerf.search.study import Record, SearchConfig, SearchResult
 from nas_nerf.search.targets import TIERS
-from nas_nerf.search.train import trainer_config
 from nerfstudio_mobile.common.compat import default_device_type
+from nerfstudio_mobile.common.files import atomic_path, atomic_write
+from nerfstudio_mobile.common.timing import round_robin_seconds
+from nerfstudio_mobile.data.formats import dataparser_for
 
 VANILLA = Architecture(FieldCellConfig(), FieldCellConfig())
 TIER_COLOURS = {"s": "tab:green", "xs": "tab:orange", "xxs": "tab:red"}
@@ -57,7 +57,7 @@ def write_report(result: SearchResult, config: SearchConfig, console: Console, t
         extra = {"tier": tier, "target_ssim": result.targets.ssim[tier], "ssim": winner.ssim,
                  "psnr": winner.psnr, "params": winner.params, "gflops": winner.gflops, "trial": winner.label,
                  "run": winner.run}  # fmt: skip
-        with _atomic(path) as tmp:
+        with atomic_path(path) as tmp:
             save_architecture(tmp, winner.architecture.coarse, winner.architecture.fine, **extra)
         rows.append(table_row(tier.upper(), winner.architecture, winner, result.targets.ssim[tier], milliseconds, path))
     summary = {
@@ -70,9 +70,8 @@ def write_report(result: SearchResult, config: SearchConfig, console: Console, t
     }
     for name, text in (("table.md", markdown_table(rows, frame)), ("table.csv", csv_table(rows)),
                        ("summary.json", json.dumps(summary, indent=2))):  # fmt: skip
-        with _atomic(out / name) as tmp:
-            tmp.write_text(text)
-    with _atomic(out / "pareto.png") as tmp:
+        atomic_write(out / name, text)
+    with atomic_path(out / "pareto.png") as tmp:
         pareto_figure(result, winners).savefig(tmp, format="png", dpi=150)
     console.print(rich_table(rows, frame))
     console.print(f"Written to {out}/: architectures/, table.md, table.csv, pareto.png, summary.json")
@@ -90,9 +89,8 @@ def frame_milliseconds(
     """Median time to render the first eval frame of the scene with each distinct architecture, renders
     interleaved so that load from other processes hits all of them alike (the median also discounts a slow
     first render). Returns ms per name (none for 0 repeats) and the frame (H, W)."""
-    parser = trainer_config(VANILLA, config.training, config.data, config.output_dir, "timing", 1).pipeline.datamanager
-    parser.dataparser.data = config.data  # as the datamanager would: read the scene as the trials did
-    outputs = parser.dataparser.setup().get_dataparser_outputs(split="val")
+    parser, _ = dataparser_for(config.data)  # the scene as the trials read it
+    outputs = parser.setup().get_dataparser_outputs(split="val")
     device = default_device_type()
     camera = outputs.cameras[0:1].to(device)
     frame = (int(camera.height.item()), int(camera.width.item()))
@@ -100,21 +98,16 @@ def frame_milliseconds(
         return {}, frame
     models = {
         a.key: NASNeRFModelConfig(coarse_cell=a.coarse, fine_cell=a.fine)
-        .setup(scene_box=outputs.scene_box, num_train_data=len(outputs.image_filenames))
+        .setup(scene_box=outputs.scene_box, num_train_data=len(outputs.image_filenames), metadata=outputs.metadata)
         .to(device)
         .eval()
         for a in architectures.values()
     }
-    times: dict[str, list[float]] = {key: [] for key in models}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # nerfstudio's deprecation noise, once per render
-        for _ in range(repeats):
-            for key, model in models.items():
-                start = time.perf_counter()
-                model.get_outputs_for_camera(camera)
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                times[key].append(time.perf_counter() - start)
+        times = round_robin_seconds(
+            {key: partial(model.get_outputs_for_camera, camera) for key, model in models.items()}, repeats
+        )
     return {name: 1000 * statistics.median(times[a.key]) for name, a in architectures.items()}, frame
 
 
@@ -219,11 +212,3 @@ def pareto_figure(result: SearchResult, winners: dict[str, Record | None]) -> Fi
              title="NAS-NeRF search: SSIM against FLOPs")  # fmt: skip
     axes.legend(fontsize=7, loc="lower right")
     return figure
-
-
-@contextmanager
-def _atomic(path: Path) -> Iterator[Path]:
-    """A temporary path to write, renamed to `path` after: workers finishing together never leave a torn file."""
-    tmp = path.with_name(f".{path.name}.{time.time_ns()}.tmp")
-    yield tmp
-    tmp.replace(path)

@@ -102,11 +102,10 @@ class SearchSpace:
     fine: Unprefixed[FieldSpace] = field(default_factory=FieldSpace)
     """Ranges of the fine field cell."""
     width_rule: Unprefixed[WidthRule] = "expanding"
-    """The paper's structural constraints: 'uniform' (C1 = C2 = C3), 'expanding' (C1 <= C2 <= C3; uniform
-    cells included) or 'free'."""
+    """The paper's width rules: 'uniform' (C1 = C2 = C3), 'expanding' (C1 <= C2 <= C3) or 'free'."""
+    # 'log' gives small cells as many choices as large ones: the tiers span an order of magnitude in FLOPs.
     width_spacing: Unprefixed[WidthSpacing] = "log"
-    """How the searched widths are spread over each range: 'log' gives small cells as many choices as large
-    ones (the tiers span some 20× in FLOPs), 'linear' takes every step."""
+    """Searched widths spread evenly in log scale over each range, or 'linear': every step."""
     max_params: Unprefixed[int | None] = None
     """Reject (never train) architectures with more parameters (coarse + fine)."""
     max_gflops: Unprefixed[float | None] = None

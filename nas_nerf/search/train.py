@@ -27,6 +27,7 @@ from nas_nerf.search import SearchError
 from nas_nerf.search.space import Architecture
 from nerfstudio_mobile.common.metrics import image_metrics
 from nerfstudio_mobile.common.trainer import fixed_run
+from nerfstudio_mobile.data.formats import dataparser_for
 
 Metrics = dict[str, float]
 
@@ -37,9 +38,9 @@ class TrialTraining:
 
     steps: int = 1000
     """Base training steps of a trial; the largest architecture trains exactly this many."""
+    # smaller cells are cheaper per step and slower to converge
     step_scaling: float = 0.5
-    """Budget rule: an architecture with P params trains steps · (P_largest / P) ** step_scaling steps, capped by
-    --training.max-step-factor, since smaller cells are cheaper per step and slower to converge (0: all equal)."""
+    """Budget rule: P params train steps · (P_largest / P) ** step_scaling steps (0: all equal)."""
     max_step_factor: float = 2.0
     """Cap of the budget rule: no trial trains more than steps · max_step_factor steps."""
     rays_per_batch: int = 1024
@@ -75,12 +76,14 @@ def trainer_config(
     architecture: Architecture, training: TrialTraining, data: Path, output_dir: Path, name: str, steps: int
 ) -> TrainerConfig:
     """The `ns-train nas-nerf` recipe with the trial's cells, budget and run directory
-    (<output_dir>/<name>/nas-nerf/run)."""
+    (<output_dir>/<name>/nas-nerf/run), reading `data` with the dataparser its format needs."""
     config = nas_nerf_trainer("nas-nerf", architecture.coarse, architecture.fine)
     model = config.pipeline.model
     model.num_coarse_samples = training.num_coarse_samples
     model.num_importance_samples = training.num_importance_samples
-    config.pipeline.datamanager.data = data
+    config.pipeline.datamanager.dataparser, (near, far) = dataparser_for(data)
+    config.pipeline.datamanager.data = data  # as `ns-train --data` sets it: tools reading the run look here
+    model.collider_params = {"near_plane": near, "far_plane": far}  # LLFF's parser overrides it with its bounds
     config.pipeline.datamanager.train_num_rays_per_batch = training.rays_per_batch
     config.optimizers["fields"]["optimizer"].lr = training.lr
     config.logging.local_writer.enable = False

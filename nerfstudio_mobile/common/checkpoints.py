@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
+from typing import Literal
 
 import torch
 from nerfstudio.engine.trainer import Trainer
+from nerfstudio.utils.rich_utils import CONSOLE
+from rich.markup import escape
 
+from nerfstudio_mobile.common.cli import UsageError
 from nerfstudio_mobile.common.files import atomic_path
 
 CHECKPOINT_NAME = re.compile(r"step-(\d+)\.ckpt")
@@ -20,12 +25,27 @@ def checkpoint_steps(checkpoint_dir: Path) -> list[int]:
     return sorted(int(m.group(1)) for p in checkpoint_dir.iterdir() if (m := CHECKPOINT_NAME.fullmatch(p.name)))
 
 
+def latest_checkpoint(checkpoint_dir: Path) -> tuple[int, Path] | None:
+    """Step and path of the newest complete checkpoint in a run's nerfstudio_models/ (the one a resume or an eval
+    loads), or None when there is none."""
+    steps = checkpoint_steps(checkpoint_dir)
+    return (steps[-1], checkpoint_dir / f"step-{steps[-1]:09d}.ckpt") if steps else None
+
+
 class AtomicCheckpointTrainer(Trainer):
-    """nerfstudio's trainer, but a kill at any moment leaves the checkpoint folder resumable.
+    """nerfstudio's trainer, but a kill at any moment leaves the checkpoint folder resumable, and a usage error
+    (a wrong teacher, a missing scene) is one red line and exit status 2 in `ns-train`, not a traceback.
 
     nerfstudio writes step-N.ckpt in place, then deletes the older ones, and on resume takes the highest number
     among *all* names in the folder. Here each checkpoint is written beside the folder and renamed into it, so the
     folder only ever holds complete checkpoints, and a resume picks the latest complete one by its name."""
+
+    def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
+        try:
+            super().setup(test_mode)
+        except UsageError as error:
+            CONSOLE.print(f"[bold red]ns-train {self.config.method_name}:[/] {escape(str(error))}", soft_wrap=True)
+            sys.exit(2)
 
     def save_checkpoint(self, step: int) -> None:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)

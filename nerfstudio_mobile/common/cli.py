@@ -7,6 +7,7 @@ from typing import Any
 
 import tyro
 from rich.console import Console
+from rich.markup import escape
 
 
 class UsageError(Exception):
@@ -21,5 +22,5 @@ def run_cli(command: Any, prog: str, console: Console | None = None) -> None:
     try:
         parsed.main()
     except UsageError as error:
-        (console or Console(stderr=True)).print(f"[bold red]{prog}:[/] {error}", soft_wrap=True)
+        (console or Console(stderr=True)).print(f"[bold red]{prog}:[/] {escape(str(error))}", soft_wrap=True)
         sys.exit(2)

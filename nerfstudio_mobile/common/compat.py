@@ -49,20 +49,44 @@ def lpips_weights_available() -> bool:
     return (Path(torch.hub.get_dir()) / "checkpoints" / "alexnet-owt-7be5be79.pth").is_file()
 
 
-def optional_lpips() -> nn.Module | None:
-    """nerfstudio's models build LPIPS at construction, which downloads AlexNet and crashes offline.
-    Build it only when its weights can be loaded without a network; warn once otherwise."""
+def _warn_lpips_off() -> None:
     global _warned_lpips
-    if lpips_weights_available():
-        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
-
-        return LearnedPerceptualImagePatchSimilarity(normalize=True)
     if not _warned_lpips:
         _warned_lpips = True
         warnings.warn(
             "LPIPS is off: its AlexNet weights are not in the torch hub cache "
             f"({torch.hub.get_dir()}/checkpoints) and nothing is downloaded at run time. "
             "Put alexnet-owt-7be5be79.pth there to get LPIPS in eval metrics.",
-            stacklevel=2,
+            stacklevel=3,
         )
+
+
+def optional_lpips() -> nn.Module | None:
+    """LPIPS when its weights can be loaded without a network; None (and one warning) otherwise."""
+    if lpips_weights_available():
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+        return LearnedPerceptualImagePatchSimilarity(normalize=True)
+    _warn_lpips_off()
     return None
+
+
+class OfflineLPIPS(nn.Module):
+    """Stands in for torchmetrics' LPIPS inside stock nerfstudio models (nerfacto, instant-ngp, vanilla-nerf),
+    which build it at construction and so download AlexNet: offline that crashed training and teacher loading.
+    It scores NaN, so no LPIPS number is ever reported from it."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__()
+        _warn_lpips_off()
+
+    def forward(self, *args: object, **kwargs: object) -> torch.Tensor:
+        return torch.tensor(float("nan"))
+
+
+def stock_models_work_offline() -> None:
+    """Without AlexNet's weights, nerfstudio's models (which import LPIPS when they build) get `OfflineLPIPS`."""
+    if not lpips_weights_available():
+        import torchmetrics.image.lpip
+
+        torchmetrics.image.lpip.LearnedPerceptualImagePatchSimilarity = OfflineLPIPS  # type: ignore[misc]

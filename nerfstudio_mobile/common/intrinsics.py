@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 from nerfstudio.cameras.cameras import Cameras, CameraType
@@ -18,6 +19,12 @@ class Intrinsics:
     cy: float
     width: int
     height: int
+
+    @classmethod
+    def from_camera(cls, camera: Cameras) -> Intrinsics:
+        """The intrinsics of a single nerfstudio camera (as it is: distortion is the caller's business)."""
+        fx, fy, cx, cy = (float(getattr(camera, name).flatten()[0]) for name in ("fx", "fy", "cx", "cy"))
+        return cls(fx, fy, cx, cy, int(camera.width.flatten()[0]), int(camera.height.flatten()[0]))
 
     def resized(self, width: int, height: int) -> Intrinsics:
         sx, sy = width / self.width, height / self.height
@@ -36,3 +43,11 @@ class Intrinsics:
             camera_to_worlds=c2w.float(), fx=self.fx, fy=self.fy, cx=self.cx, cy=self.cy,
             width=self.width, height=self.height, camera_type=CameraType.PERSPECTIVE,
         )  # fmt: skip
+
+
+def without_distortion(cameras: Cameras) -> Cameras:
+    """The same cameras as pinholes: nerfstudio's full-image datamanager undistorts images and updates fx..cy but
+    keeps the distortion parameters, which a renderer would apply a second time."""
+    pinhole = copy.copy(cameras)
+    pinhole.distortion_params = None
+    return pinhole

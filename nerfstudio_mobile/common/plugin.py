@@ -3,9 +3,10 @@ dataparser plugins, our ns-* commands, nas_nerf) imports it before it reads a ch
 
 from __future__ import annotations
 
-from nerfstudio_mobile.common.compat import allow_numpy_in_checkpoints, keep_freed_memory
+from nerfstudio_mobile.common.compat import allow_numpy_in_checkpoints, keep_freed_memory, stock_models_work_offline
 
 
 def set_up() -> None:
     allow_numpy_in_checkpoints()
     keep_freed_memory()
+    stock_models_work_offline()

@@ -10,7 +10,7 @@ import yaml
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
 
-from nerfstudio_mobile.common.checkpoints import checkpoint_steps
+from nerfstudio_mobile.common.checkpoints import latest_checkpoint
 from nerfstudio_mobile.common.cli import UsageError
 
 
@@ -39,11 +39,9 @@ def read_run_config(config_path: Path) -> TrainerConfig:
     if not isinstance(config, TrainerConfig):
         raise RunError(f"{config_path} is not a nerfstudio training config (got {type(config).__name__}).")
     run_dir = config_path.parent
-    datamanager = config.pipeline.datamanager
-    if not config.output_dir.is_absolute() and datamanager.data is not None and not datamanager.data.is_absolute():
+    if not config.output_dir.is_absolute():
         training_cwd = run_dir.parents[len(config.get_base_dir().parts) - 1]
-        if not datamanager.data.exists():
-            datamanager.data = training_cwd / datamanager.data
+        _resolve_paths(config, training_cwd)
     # Checkpoints live next to the file, wherever the run directory was moved to.
     config.output_dir, config.experiment_name, config.timestamp = (
         run_dir.parents[2],
@@ -51,6 +49,13 @@ def read_run_config(config_path: Path) -> TrainerConfig:
         run_dir.name,
     )
     return config
+
+
+def run_data(config: TrainerConfig) -> Path | None:
+    """Where a run's scene is: `ns-train <method> --data` stores it in the datamanager, `ns-train <method>
+    <dataparser> --data` in the dataparser."""
+    datamanager = config.pipeline.datamanager
+    return datamanager.data or getattr(datamanager.dataparser, "data", None)
 
 
 def load_run(
@@ -62,24 +67,38 @@ def load_run(
     from nerfstudio.utils.eval_utils import eval_setup
 
     config = read_run_config(config_path)
-    data = config.pipeline.datamanager.data
+    data = run_data(config)
     if test_mode != "inference" and data is not None and not data.exists():
         raise RunError(
             f"The data of {config_path} ({data}) no longer exists. Put the scene back there, or edit "
-            "pipeline.datamanager.data in that config.yml to where the scene is now."
+            "pipeline.datamanager.data (or its dataparser's data) in that config.yml to where the scene is now."
         )
-    steps = checkpoint_steps(config.get_checkpoint_dir())
-    if not steps:
+    latest = latest_checkpoint(config.get_checkpoint_dir())
+    if latest is None:
         raise RunError(
             f"{config_path} has no checkpoint in {config.get_checkpoint_dir()}: was training interrupted early?"
         )
-    checkpoint = config.get_checkpoint_dir() / f"step-{steps[-1]:09d}.ckpt"
+    config.load_step, checkpoint = latest
     if not zipfile.is_zipfile(checkpoint):  # torch.save writes a zip whose directory sits at the end
-        raise RunError(
-            f"{checkpoint} is truncated or not a checkpoint: delete it to use an earlier one, or train again."
-        )
-    config.load_step = steps[-1]
+        raise RunError(f"{checkpoint} is truncated or not a checkpoint: delete it to resume from an earlier one.")
     config, pipeline, _, step = eval_setup(
         Path(config_path), test_mode=test_mode, update_config_callback=lambda _: config
     )
     return config, pipeline, step
+
+
+# Paths that ns-train stores as given on its command line: the scene (in the datamanager or its dataparser,
+# depending on how the method was called) and a student's teacher.
+RUN_PATH_FIELDS = (("data",), ("dataparser", "data"), ("teacher_config",))
+
+
+def _resolve_paths(config: TrainerConfig, training_cwd: Path) -> None:
+    """Make relative paths absolute against the directory ns-train ran in (found from where config.yml is now,
+    so a run moved together with what it points to keeps working)."""
+    for fields in RUN_PATH_FIELDS:
+        owner = config.pipeline.datamanager
+        for name in fields[:-1]:
+            owner = getattr(owner, name, None)
+        path = getattr(owner, fields[-1], None)
+        if isinstance(path, Path) and not path.is_absolute() and (training_cwd / path).exists():
+            setattr(owner, fields[-1], training_cwd / path)

@@ -18,6 +18,8 @@ from nerfstudio.data.dataparsers.base_dataparser import DataParser, DataParserCo
 from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.plugins.registry_dataparser import DataParserSpecification
 
+from nerfstudio_mobile.data.errors import SceneError
+
 BOUNDS_FACTOR = 0.75  # NeRF's bd_factor: the nearest bound lands at 1 / 0.75
 
 
@@ -37,10 +39,8 @@ class LLFF(DataParser):
     def _generate_dataparser_outputs(self, split: str = "train", **kwargs: object) -> DataparserOutputs:
         data = self.config.data
         if not (data / "poses_bounds.npy").is_file():
-            raise FileNotFoundError(f"{data} has no poses_bounds.npy: not an LLFF scene.")
-        image_dir = data / f"images_{self.config.downscale_factor}"
-        if self.config.downscale_factor == 1 or not image_dir.is_dir():
-            image_dir = data / "images"
+            raise SceneError(f"{data} has no poses_bounds.npy: not an LLFF scene.")
+        image_dir = image_folder(data, self.config.downscale_factor)
         files = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
         poses_bounds = np.load(data / "poses_bounds.npy").astype(np.float64)
         if len(files) != len(poses_bounds):
@@ -75,6 +75,19 @@ class LLFF(DataParser):
             dataparser_transform=torch.from_numpy(np.linalg.inv(average)[:3] / np.array([1, 1, 1, scale])).float(),
             dataparser_scale=scale,
         )
+
+
+def image_folder(data: Path, downscale_factor: int) -> Path:
+    """images_N for the factor asked; else the largest images there are (a download often has images_N only).
+    The focal follows whatever size is read, so any folder gives the same cameras."""
+    preferred = data / ("images" if downscale_factor == 1 else f"images_{downscale_factor}")
+    if preferred.is_dir():
+        return preferred
+    factors = sorted(int(p.name[7:]) for p in data.glob("images_*") if p.name[7:].isdigit() and p.is_dir())
+    candidates = [data / "images"] * (data / "images").is_dir() + [data / f"images_{f}" for f in factors]
+    if not candidates:
+        raise SceneError(f"{data} has poses_bounds.npy but no images/ or images_N/ folder: put the images back.")
+    return candidates[0]
 
 
 def recentre(c2w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -18,11 +18,13 @@ import json
 import math
 import shutil
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from PIL import Image
-from nerfstudio_mobile.data.formats import SceneError, SceneFormat, scene_format
+
+from nerfstudio_mobile.data.errors import SceneError
+from nerfstudio_mobile.data.formats import SceneFormat, scene_format
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}
 INTRINSICS_X, INTRINSICS_Y = ("fl_x", "cx", "w"), ("fl_y", "cy", "h")

@@ -12,16 +12,18 @@ Before anything trains, it prints how long this run and the paper-scale run woul
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import imageio.v2 as imageio
 import numpy as np
 import torch
-from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
 from rich.console import Console
@@ -31,8 +33,10 @@ from nas_nerf.cell import FieldCellConfig
 from nas_nerf.configs import nas_nerf_trainer
 from nerfstudio_mobile.common.checkpoints import checkpoint_steps
 from nerfstudio_mobile.common.cli import run_cli
-from nerfstudio_mobile.common.intrinsics import Intrinsics
+from nerfstudio_mobile.common.compat import default_device_type
+from nerfstudio_mobile.common.intrinsics import without_distortion
 from nerfstudio_mobile.common.runs import load_run
+from nerfstudio_mobile.common.timing import median_seconds
 from nerfstudio_mobile.common.trainer import fixed_run
 from nerfstudio_mobile.data.formats import dataparser_for
 from nerfstudio_mobile.data.scene_copies import downscaled_copy
@@ -63,6 +67,8 @@ class Demo:
     """--data, Blender: evaluate on this many evenly spaced test views (lego has 200)."""
     scene: SceneConfig = field(default_factory=lambda: SceneConfig(image_size=96, num_train=60, num_test=8))
     """The generated scene (ignored with --data)."""
+    teacher: Literal["nas-nerf", "nerfacto"] = "nas-nerf"
+    """The teacher's method: nas-nerf (small field cells) or nerfstudio's nerfacto (real, unbounded captures)."""
     teacher_steps: int = 2000
     teacher_rays: int = 512
     """Rays per teacher training step."""
@@ -133,26 +139,38 @@ class Demo:
         )
 
     def teacher_config(self, data: Path, root: Path) -> TrainerConfig:
-        config = nas_nerf_trainer("nas-nerf", self.teacher_coarse, self.teacher_fine)
-        model = config.pipeline.model
-        model.num_coarse_samples, model.num_importance_samples = self.teacher_samples
-        config.pipeline.datamanager.dataparser, near_far = dataparser_for(data)
-        model.collider_params = {"near_plane": near_far[0], "far_plane": near_far[1]}
+        dataparser, near_far = dataparser_for(data)
+        if self.teacher == "nerfacto":
+            config = nerfacto_trainer()
+        else:
+            config = nas_nerf_trainer("nas-nerf", self.teacher_coarse, self.teacher_fine)
+            model = config.pipeline.model
+            model.num_coarse_samples, model.num_importance_samples = self.teacher_samples
+            model.collider_params = {"near_plane": near_far[0], "far_plane": near_far[1]}
+            config.optimizers["fields"]["optimizer"].lr = 5e-3
+        config.pipeline.datamanager.dataparser = dataparser
         config.pipeline.datamanager.data = data
         config.pipeline.datamanager.train_num_rays_per_batch = self.teacher_rays
-        config.optimizers["fields"]["optimizer"].lr = 5e-3
         return fixed_run(config, root / "runs", "teacher", self.teacher_steps, max(100, self.teacher_steps // 4))
 
     def student_config(self, teacher: Path, root: Path) -> TrainerConfig:
         config = mobile_r2l_trainer(self.student_steps)
         datamanager = config.pipeline.datamanager
         datamanager.teacher_config = teacher
-        datamanager.__post_init__()  # adopt the teacher's dataparser and data
         datamanager.num_pseudo_views, datamanager.images_per_batch = self.pseudo_views, IMAGES_PER_BATCH
         datamanager.finetune_steps = self.student_steps // 10
         config.pipeline.model.network = self.student
         config.optimizers["network"]["optimizer"].lr = 2e-3
         return fixed_run(config, root / "runs", "student", self.student_steps, max(100, self.student_steps // 4))
+
+
+def nerfacto_trainer() -> TrainerConfig:
+    """nerfstudio's own nerfacto recipe, on the device at hand (stock methods default to CUDA)."""
+    from nerfstudio.configs.method_configs import method_configs  # after our plugins: it binds the method list
+
+    config = copy.deepcopy(method_configs["nerfacto"])
+    config.machine.device_type = default_device_type()  # type: ignore[assignment]
+    return config
 
 
 def _with_dir(scene: SceneConfig, output_dir: Path) -> SceneConfig:
@@ -179,28 +197,24 @@ def train_stage(config: TrainerConfig) -> Path:
     return config_path
 
 
-def frame_seconds(render: object, repeats: int = 3) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        render()  # type: ignore[operator]
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def evaluate(teacher_config: Path, student_config: Path, root: Path) -> dict:
     """Test-split metrics of both, one-frame latency of both, and the pictures."""
-    _, teacher, _ = load_run(teacher_config)
+    teacher_run, teacher, _ = load_run(teacher_config)
     _, student, _ = load_run(student_config)
-    summary = {"teacher": teacher.get_average_eval_image_metrics(), "student": student.get_average_eval_image_metrics()}
+    summary = {
+        name: {key: value for key, value in run.get_average_eval_image_metrics().items() if math.isfinite(value)}
+        for name, run in (("teacher", teacher), ("student", student))
+    }  # an offline LPIPS stand-in scores NaN: left out
+    summary["teacher_method"] = teacher_run.method_name
     camera, _ = next(iter(student.datamanager.fixed_indices_eval_dataloader))
     with torch.no_grad():
-        summary["teacher"]["ms_per_frame"] = 1000 * frame_seconds(lambda: teacher.model.get_outputs_for_camera(camera))
+        pinhole = without_distortion(camera)
+        summary["teacher"]["ms_per_frame"] = 1000 * median_seconds(
+            lambda: teacher.model.get_outputs_for_camera(pinhole)
+        )
         model = student.model
         fast = prepare_for_inference(model.network)
-        encoded, _ = model.encode(camera, jitter=False)
-        fast(encoded)  # warm-up
-        summary["student"]["ms_per_frame"] = 1000 * frame_seconds(lambda: fast(model.encode(camera, jitter=False)[0]))
+        summary["student"]["ms_per_frame"] = 1000 * median_seconds(lambda: fast(model.encode(camera, jitter=False)[0]))
     summary["speedup"] = summary["teacher"]["ms_per_frame"] / summary["student"]["ms_per_frame"]
     summary["frame"] = [int(camera.height), int(camera.width)]
     summary["upscale"] = model.network.config.upscale
@@ -235,7 +249,7 @@ def write_comparison(teacher: Pipeline, student: Pipeline, path: Path, count: in
     rows = []
     for camera, batch in itertools.islice(student.datamanager.fixed_indices_eval_dataloader, count):
         with torch.no_grad():
-            images = [batch["image"][..., :3], teacher.model.get_outputs_for_camera(camera)["rgb"],
+            images = [batch["image"][..., :3], teacher.model.get_outputs_for_camera(without_distortion(camera))["rgb"],
                       student.model.get_outputs_for_camera(camera)["rgb"]]  # fmt: skip
         rows.append(torch.cat([image.cpu().clamp(0, 1) for image in images], dim=1))
     imageio.imwrite(path, (torch.cat(rows, dim=0).numpy() * 255).round().astype(np.uint8))
@@ -243,13 +257,10 @@ def write_comparison(teacher: Pipeline, student: Pipeline, path: Path, count: in
 
 def write_turntable(student: Pipeline, path: Path, frames: int = 36) -> None:
     """An orbit at the training cameras' mean distance and elevation, rendered by the student."""
-    cameras = student.datamanager.train_dataparser_outputs.cameras
-    sampler = SphereViewSampler.fit(cameras.camera_to_worlds)
-    h, w, fx, fy, cx, cy = (int(cameras.height[0]), int(cameras.width[0]), float(cameras.fx[0]), float(cameras.fy[0]),
-                            float(cameras.cx[0]), float(cameras.cy[0]))  # fmt: skip
+    sampler = SphereViewSampler.fit(student.datamanager.train_dataparser_outputs.cameras.camera_to_worlds)
     images = []
     for c2w in sampler.orbit(frames):
-        camera: Cameras = Intrinsics(fx, fy, cx, cy, w, h).cameras(c2w[None]).to(student.device)
+        camera = student.datamanager.pinhole.cameras(c2w[None]).to(student.device)
         with torch.no_grad():
             rgb = student.model.get_outputs_for_camera(camera)["rgb"]
         images.append((rgb.cpu().clamp(0, 1).numpy() * 255).round().astype(np.uint8))
@@ -262,7 +273,7 @@ def summary_table(summary: dict) -> Table:
     table = Table(title=f"nerfstudio-mobile demo ({summary['total_minutes']:.1f} min, {h}×{w} test frames, CPU)")
     for column in ["", "PSNR (dB)", "SSIM", f"ms / {h}×{w} frame", "params"]:
         table.add_column(column, justify="right")
-    table.add_row("teacher (nas-nerf)", f"{teacher['psnr']:.2f}", f"{teacher['ssim']:.3f}",
+    table.add_row(f"teacher ({summary['teacher_method']})", f"{teacher['psnr']:.2f}", f"{teacher['ssim']:.3f}",
                   f"{teacher['ms_per_frame']:.0f}", "")  # fmt: skip
     table.add_row("student (mobile-r2l)", f"{student['psnr']:.2f}", f"{student['ssim']:.3f}",
                   f"{student['ms_per_frame']:.1f}", f"{student['params']:,}")  # fmt: skip

@@ -12,8 +12,6 @@ The demo prints its own plan before it starts, and the paper's (vanilla-NeRF tea
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +19,7 @@ from nerfstudio.data.scene_box import SceneBox
 
 from nas_nerf.model import NASNeRFModelConfig
 from nerfstudio_mobile.common.intrinsics import Intrinsics
+from nerfstudio_mobile.common.timing import median_seconds
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, LightFieldNetworkConfig
 
 MAX_TIMED_TRAINING_RAYS = 256
@@ -68,7 +67,7 @@ class CostRates:
         return cls(teacher_train_ray, teacher_render_ray, _student_rate(plan.student, plan.frame, student_batch))
 
 
-# The paper's recipe (DESIGN.md): a vanilla-NeRF teacher trained nerfstudio's Blender budget, 10k pseudo views
+# The paper's recipe: a vanilla-NeRF teacher trained nerfstudio's Blender budget, 10k pseudo views
 # (8k forward-facing), a width-256 N=28 student trained 600k steps on batches of 54 images (36 forward-facing).
 PAPER_VIEWS = {8: 10_000, 12: 8_000}
 PAPER_BATCH = {8: 54, 12: 36}
@@ -109,14 +108,6 @@ def looking_at_origin() -> torch.Tensor:
     return torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 4.0]])
 
 
-def _seconds(work: Callable[[], object]) -> float:
-    """The second of two runs (the first pays for allocation and kernel selection)."""
-    work()
-    start = time.perf_counter()
-    work()
-    return time.perf_counter() - start
-
-
 def _teacher_rates(config: NASNeRFModelConfig, rays: int, patch: int) -> tuple[float, float]:
     box = SceneBox(torch.tensor([[-1.5] * 3, [1.5] * 3]))
     model = config.setup(scene_box=box, num_train_data=1)
@@ -129,10 +120,10 @@ def _teacher_rates(config: NASNeRFModelConfig, rays: int, patch: int) -> tuple[f
         sum(value.mean() for name, value in outputs.items() if name.startswith("rgb")).backward()
 
     model.train()
-    train_ray = _seconds(train_step) / timed_rays
+    train_ray = median_seconds(train_step, repeats=1) / timed_rays
     model.eval()
     with torch.no_grad():
-        render_ray = _seconds(lambda: model.get_outputs_for_camera(camera)) / patch**2
+        render_ray = median_seconds(lambda: model.get_outputs_for_camera(camera), repeats=1) / patch**2
     return train_ray, render_ray
 
 
@@ -147,4 +138,4 @@ def _student_rate(config: LightFieldNetworkConfig, frame: tuple[int, int], batch
             out = network(encoded)
         out.float().square().mean().backward()
 
-    return _seconds(train_step) / (batch * grid[0] * grid[1] * config.upscale**2)
+    return median_seconds(train_step, repeats=1) / (batch * grid[0] * grid[1] * config.upscale**2)

@@ -22,12 +22,23 @@ from rich.console import Console
 from rich.table import Table
 
 from nerfstudio_mobile.common.cli import run_cli
-from nerfstudio_mobile.export.files import atomic_output_dir, check_output_dir
+from nerfstudio_mobile.common.files import atomic_dir
+from nerfstudio_mobile.export.errors import OutputExistsError
 from nerfstudio_mobile.export.pipeline import ExportedFile, export_coreml_files, export_onnx_files
 from nerfstudio_mobile.export.sidecar import INPUT_MODES, Compression, ExportFrame, InputMode, export_frame
 from nerfstudio_mobile.export.student import Student, load_student
 
 CONSOLE = Console(width=160)
+
+
+def check_output_dir(path: Path, overwrite: bool) -> None:
+    """Refuse a file, or a non-empty directory unless `overwrite`: an export never silently replaces outputs."""
+    if path.exists() and not path.is_dir():
+        raise OutputExistsError(f"--output-dir {path} is a file: pass a directory path.")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise OutputExistsError(
+            f"--output-dir {path} exists and is not empty: pass --overwrite to replace it, or choose another directory."
+        )
 
 
 @dataclass
@@ -37,10 +48,9 @@ class ExportMobile(ABC):
     load_config: Path
     """config.yml of a trained mobile-r2l student run."""
     output_dir: Path
-    """Directory to write; it is created atomically (written beside it, then renamed into place)."""
+    """Directory to write, all at once: written beside it, then renamed into place."""
     input_modes: tuple[InputMode, ...] = INPUT_MODES
-    """rays: the app feeds the encoded ray grid [1, C, h, w]; pose: the app feeds its world camera-to-world
-    [1, 4, 4] and the graph builds and encodes the rays itself (fp32)."""
+    """rays: the app feeds the encoded ray grid [1, C, h, w]; pose: its world camera-to-world [1, 4, 4]."""
     output_size: tuple[int, int] | None = None
     """Exported frame size H W; both divisible by the upscale factor. Default: the training images' size."""
     overwrite: bool = False
@@ -57,8 +67,9 @@ class ExportMobile(ABC):
         self.require_dependencies()
         student = load_student(self.load_config)
         frame = export_frame(student, self.output_size)
-        with atomic_output_dir(self.output_dir, self.overwrite) as staging:
+        with atomic_dir(self.output_dir) as staging:
             exported = self.export(student, frame, staging)
+            check_output_dir(self.output_dir, self.overwrite)  # again: something may have written there meanwhile
         for file in exported:
             file.path = self.output_dir / file.path.name
         CONSOLE.print(export_table(student, frame, exported, self.output_dir))

@@ -1,9 +1,9 @@
 """Core ML export: trace, convert to an fp16 ML program with static shapes, compress weights, save with metadata.
 
 fp16 applies to the network only: the ops before the first convolution (pose transform, ray generation,
-sampling, positional encoding of the `pose` graph) stay fp32, because sin/cos arguments reach ~200 rad where
-fp16's spacing is 0.125. Compressed variants are derived from the converted fp16 program (BatchNorm is
-already folded in the traced graph), so one conversion serves every compression.
+sampling, positional encoding of the `pose` graph) stay fp32, because sin/cos arguments reach hundreds of
+radians, where fp16 steps by 1/8 rad or more. Compressed variants are derived from the converted fp16 program
+(BatchNorm is already folded in the traced graph), so one conversion serves every compression.
 """
 
 import json
@@ -28,11 +28,11 @@ PALETTE_BITS: dict[Compression, int] = {"palettize8": 8, "palettize6": 6, "palet
 DEPLOYMENT_TARGET = ct.target.iOS16
 NETWORK_ENTRY_OPS = frozenset({"conv", "conv_transpose"})
 STEM_MIN_BITS = 8
-"""The stem conv reads the positional encoding directly. Measured on a width-64 student, 4-bit palettes
-everywhere give 25.4 dB against the torch student, with the stem at 8 bits 27.5 dB, for ~1% more bytes."""
+"""The stem conv reads the positional encoding directly, so a coarse palette there loses more than anywhere
+else, and it holds few of the weights: it keeps at least this many bits."""
 COMPRESSION_MIN_ELEMENTS = 2048
-"""coremltools' default: smaller weights (16x16 convs, heads, biases) stay fp16; in the paper-size network
-they are 0.4% of the parameters."""
+"""coremltools' default: smaller weights (16x16 convs, heads, biases) stay fp16; they are a small share of the
+parameters."""
 
 
 def is_network_op(op: Operation) -> bool:

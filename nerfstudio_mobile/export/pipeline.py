@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from nerfstudio_mobile.export.files import file_size
+from nerfstudio_mobile.common.files import file_size
 from nerfstudio_mobile.export.graphs import export_graph
 from nerfstudio_mobile.export.sidecar import Compression, ExportFrame, InputMode, sidecar, weights_label
 from nerfstudio_mobile.export.student import Student

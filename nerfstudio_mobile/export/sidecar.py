@@ -101,12 +101,7 @@ class ExportFrame:
 def export_frame(student: Student, output_size: tuple[int, int] | None = None) -> ExportFrame:
     """The frame of an export at `output_size` (H, W; default: the training images' size), with the training
     camera's intrinsics rescaled to it. Raises GridShapeError when the size is not a whole number of blocks."""
-    camera = student.train_camera
-    trained = Intrinsics(
-        *(float(getattr(camera, name).flatten()[0]) for name in ("fx", "fy", "cx", "cy")),
-        width=int(camera.width.flatten()[0]),
-        height=int(camera.height.flatten()[0]),
-    )
+    trained = student.train_intrinsics
     height, width = output_size or (trained.height, trained.width)
     s = student.network_config.upscale
     if height % s or width % s:

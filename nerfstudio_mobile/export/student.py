@@ -9,6 +9,7 @@ import torch
 from nerfstudio.cameras.cameras import Cameras
 from torch import Tensor
 
+from nerfstudio_mobile.common.intrinsics import Intrinsics
 from nerfstudio_mobile.common.runs import load_run, read_run_config
 from nerfstudio_mobile.export.errors import NotAStudentError
 from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig
@@ -36,8 +37,8 @@ class Student:
     dataparser_transform: Tensor
     """[3, 4]: student pose = transform @ world pose, then translation * scale (nerfstudio's convention)."""
     dataparser_scale: float
-    train_camera: Cameras
-    """Training camera 0: the export intrinsics are its intrinsics at the export size."""
+    train_intrinsics: Intrinsics
+    """Pinhole intrinsics of the training images (undistorted): the export's, rescaled to the export size."""
     test_views: list[EvalView]
     """The test split (the views `ns-eval` scores)."""
 
@@ -52,7 +53,7 @@ class Student:
 
     @property
     def encoding(self) -> RayEncodingConfig:
-        return self.model.config.encoding
+        return self.model.encoding_config
 
     @property
     def near_far(self) -> tuple[float, float]:
@@ -70,9 +71,9 @@ class Student:
 
 def _distil_hint(config_path: Path) -> str:
     return (
-        "Only a distilled MobileR2L student exports to a phone. Distil this run first:\n"
-        f"  ns-train mobile-r2l --pipeline.datamanager.teacher-config {config_path}\n"
-        "then export the config.yml of that student run (outputs/<experiment>/mobile-r2l/<timestamp>/config.yml)."
+        "Only a distilled MobileR2L student exports to a phone: distil this run first with "
+        f"`ns-train mobile-r2l --pipeline.datamanager.teacher-config {config_path}`, then export the config.yml of "
+        "that student run (outputs/<experiment>/mobile-r2l/<timestamp>/config.yml)."
     )
 
 
@@ -97,7 +98,7 @@ def load_student(config_path: Path) -> Student:
         model=model,
         dataparser_transform=outputs.dataparser_transform.float().cpu(),
         dataparser_scale=float(outputs.dataparser_scale),
-        train_camera=outputs.cameras[0:1],
+        train_intrinsics=datamanager.pinhole,
         test_views=[
             EvalView(camera.to("cpu"), batch["image"][..., :3].float().cpu())
             for camera, batch in datamanager.fixed_indices_eval_dataloader

@@ -14,9 +14,7 @@ Evaluation (ns-eval, the viewer) uses the dataset's real val/test split, exactly
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -28,12 +26,27 @@ from nerfstudio.data.datamanagers.full_images_datamanager import (
 )
 from nerfstudio.data.datasets.base_dataset import InputDataset
 from nerfstudio.engine.callbacks import TrainingCallback, TrainingCallbackAttributes
+from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
-from nerfstudio_mobile.common.intrinsics import Intrinsics
-from nerfstudio_mobile.mobile_r2l.cache import CacheMeta, PseudoViewCache, PseudoViewDataset, generate_views
-from nerfstudio_mobile.mobile_r2l.teacher import Teacher, collider_near_far, pinhole_intrinsics, read_teacher_config
+from nerfstudio_mobile.common.checkpoints import latest_checkpoint
+from nerfstudio_mobile.common.runs import run_data
+from nerfstudio_mobile.mobile_r2l.cache import (
+    CacheMeta,
+    PseudoViewCache,
+    PseudoViewDataset,
+    generate_views,
+    teacher_identity,
+)
+from nerfstudio_mobile.mobile_r2l.teacher import (
+    Teacher,
+    TeacherError,
+    collider_near_far,
+    pinhole_intrinsics,
+    read_teacher_config,
+    teacher_ray_space,
+)
 from nerfstudio_mobile.mobile_r2l.views import PseudoViewSamplerConfig, make_view_sampler
 
 # MobileR2L's super-resolution factors per scene layout: 8× for 360 scenes, 12× for forward-facing ones.
@@ -68,12 +81,20 @@ class PseudoViewDataManagerConfig(FullImageDatamanagerConfig):
     ram_budget_gb: float = 8.0
     """Decoded pseudo views kept in RAM; beyond it they are decoded from disk on access."""
 
-    def __post_init__(self) -> None:
-        if self.teacher_config is not None:
-            teacher = read_teacher_config(self.teacher_config)
-            # The student lives in the teacher's world: same dataparser, same data, same normalisation.
-            self.dataparser = teacher.pipeline.datamanager.dataparser
-            self.data = teacher.pipeline.datamanager.data
+    def adopt_teacher(self) -> TrainerConfig:
+        """The student lives in the teacher's world: same dataparser, same data, same normalisation."""
+        teacher = read_teacher_config(self.teacher_config)
+        self.teacher_config = Path(self.teacher_config).resolve()  # type: ignore[arg-type]
+        self.dataparser = teacher.pipeline.datamanager.dataparser
+        self.data = run_data(teacher)
+        if self.data is None or not Path(self.data).exists():
+            raise TeacherError(
+                f"The teacher's data ({self.data}) no longer exists: put the scene back there or edit "
+                f"pipeline.datamanager.data (or its dataparser's data) in {self.teacher_config}."
+            )
+        if (self.near is None) != (self.far is None):
+            raise TeacherError("pass both --pipeline.datamanager.near and --pipeline.datamanager.far, or neither.")
+        return teacher
 
 
 class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
@@ -88,13 +109,10 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
         local_rank: int = 0,
         **kwargs,
     ) -> None:
-        teacher_config = read_teacher_config(config.teacher_config)
-        if config.data is None or not Path(config.data).exists():
-            raise ValueError(
-                f"The teacher's data ({config.data}) no longer exists: put the scene back there or edit "
-                f"pipeline.datamanager.data in {config.teacher_config}."
-            )
+        teacher_config = config.adopt_teacher()
         super().__init__(config, device, test_mode, world_size, local_rank, **kwargs)
+        self.pinhole = pinhole_intrinsics(self.train_dataparser_outputs.cameras)
+        self.ray_space = teacher_ray_space(teacher_config)
         train_c2w = self.train_dataparser_outputs.cameras.camera_to_worlds
         self.view_sampler = make_view_sampler(config.sampler, train_c2w)
         self.upscale_factors = config.upscale_factors or UPSCALE_FACTORS[self.view_sampler.layout]
@@ -114,11 +132,16 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
             "layout": self.view_sampler.layout,
             "upscale_factors": self.upscale_factors,
             "near_far": self.near_far,
+            "ray_space": self.ray_space,
+            "pinhole": asdict(self.pinhole),
         }
 
     def get_training_callbacks(self, attributes: TrainingCallbackAttributes) -> list[TrainingCallback]:
-        assert attributes.trainer is not None
-        self.finetune_from = max(0, attributes.trainer.config.max_num_iterations - self.config.finetune_steps)
+        trainer = attributes.trainer
+        assert trainer is not None
+        # nerfstudio trains max_num_iterations steps after the one it resumed from: fine-tune the last ones of those
+        end = trainer._start_step + trainer.config.max_num_iterations
+        self.finetune_from = max(trainer._start_step, end - self.config.finetune_steps)
         return []
 
     def get_train_rays_per_batch(self) -> int:
@@ -156,48 +179,42 @@ def build_pseudo_view_cache(
     Everything that decides a view's content goes into the cache's meta, so a cache is only ever reused
     for the same views, and any process or machine given the same config renders identical views."""
     assert config.teacher_config is not None
-    height, width, fx, fy, cx, cy = pinhole_intrinsics(datamanager.train_dataparser_outputs.cameras)
-    scale = config.pseudo_view_scale
-    height, width, fx, fy, cx, cy = (
-        round(height * scale),
-        round(width * scale),
-        fx * scale,
-        fy * scale,
-        cx * scale,
-        cy * scale,
-    )
+    pinhole, scale = datamanager.pinhole, config.pseudo_view_scale
+    views = pinhole.resized(round(pinhole.width * scale), round(pinhole.height * scale))
     sampler = datamanager.view_sampler
+    teacher_run = read_teacher_config(config.teacher_config)
     root = config.pseudo_view_dir or (
-        Path(read_teacher_config(config.teacher_config).get_base_dir())
+        Path(teacher_run.get_base_dir())
         / "pseudo_views"
-        / f"{sampler.layout}-{config.num_pseudo_views}-{height}x{width}-seed{sampler.seed}"
+        / f"{sampler.layout}-{config.num_pseudo_views}-{views.height}x{views.width}-seed{sampler.seed}"
     )
     teacher: Teacher | None = None
     near_far = datamanager.near_far
-    existing = root / "meta.json"
-    if near_far is None and existing.is_file():  # estimated once, by whoever created the cache
-        near, far = json.loads(existing.read_text())["extra"]["near_far"]
+    if near_far is None and (root / "meta.json").is_file():  # estimated once, by whoever created the cache
+        near, far = PseudoViewCache.open(root).meta.extra["near_far"]
         near_far = (near, far)
     if near_far is None:
         teacher = Teacher.load(config.teacher_config)
         near_far = teacher.estimate_near_far(datamanager.train_dataparser_outputs.cameras)
-    sampler_state = sampler.to_dict()
+    latest = latest_checkpoint(teacher_run.get_checkpoint_dir())
+    if latest is None:
+        raise TeacherError(
+            f"The teacher {config.teacher_config} has no checkpoint in {teacher_run.get_checkpoint_dir()}: "
+            "train it first (or let its training finish)."
+        )
     meta = CacheMeta(
         num_views=config.num_pseudo_views,
-        height=height,
-        width=width,
-        fx=fx,
-        fy=fy,
-        cx=cx,
-        cy=cy,
+        height=views.height,
+        width=views.width,
+        fx=views.fx,
+        fy=views.fy,
+        cx=views.cx,
+        cy=views.cy,
         layout=sampler.layout,
         seed=sampler.seed,
-        teacher_config=str(Path(config.teacher_config).resolve()),
-        extra={
-            "near_far": list(near_far),
-            "sampler": sampler_state,
-            "sampler_digest": hashlib.sha1(json.dumps(sampler_state, sort_keys=True).encode()).hexdigest(),
-        },
+        # The teacher by its checkpoint's content, not by where its run sits: a moved or copied run keeps its cache.
+        teacher=teacher_identity(teacher_run.method_name, *latest),
+        extra={"near_far": list(near_far), "sampler": sampler.to_dict()},
     )
     cache = PseudoViewCache(root, meta)
     if cache.missing(shard, num_shards):
@@ -206,7 +223,7 @@ def build_pseudo_view_cache(
         loaded = teacher
 
         def render(c2w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            return loaded.render(Intrinsics(fx, fy, cx, cy, width, height).cameras(c2w[None]))
+            return loaded.render(views.cameras(c2w[None]))
 
         generate_views(cache, render, sampler.poses, shard=shard, num_shards=num_shards)
     return cache

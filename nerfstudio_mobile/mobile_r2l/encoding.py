@@ -7,8 +7,12 @@ Channel order (the contract an app re-implements from the exported JSON)
 ----------------------------------------------------------------------
 For one ray with origin ``o`` and direction ``d`` (not necessarily unit length):
 
-1. Depths ``t_k = near * (1 - u_k) + far * u_k`` with ``u_k = k / (K - 1)``, ``k = 0 .. K-1`` (both ends
-   included; K = 1 gives ``t_0 = near``). Points ``p_k = o + t_k * d``.
+1. Depths with ``u_k = k / (K - 1)``, ``k = 0 .. K-1`` (both ends included; K = 1 gives ``t_0 = near``):
+   ``t_k = near * (1 - u_k) + far * u_k`` in a bounded space; in a contracted space (teachers that see to
+   infinity, e.g. nerfacto) evenly in disparity, ``1 / t_k = (1 - u_k) / near + u_k / far``. Points
+   ``p_k = o + t_k * d``; in a contracted space each point is then contracted as nerfacto contracts space
+   (L-infinity norm): ``p`` if ``|p|_inf <= 1``, else ``(2 - 1 / |p|_inf) * p / |p|_inf``, so every point
+   lies in [-2, 2]^3.
 2. Flatten the points point-major, xyz-minor into ``D = 3K`` coordinates::
 
        c = [p_0.x, p_0.y, p_0.z, p_1.x, p_1.y, p_1.z, ..., p_{K-1}.z]     (c[j], j = 3k + axis)
@@ -27,6 +31,7 @@ arguments reach a few hundred radians, where bf16/fp16 cannot even represent the
 """
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -38,6 +43,9 @@ class RayEncodingConfig:
     """K: points sampled along each ray."""
     num_frequencies: int = 6
     """L: octaves of sin/cos per coordinate."""
+    space: Literal["bounded", "contracted"] = "bounded"
+    """bounded: points evenly in depth; contracted: evenly in disparity, then scene-contracted (set from the
+    teacher: nerfacto-like teachers contract space)."""
 
     @property
     def num_channels(self) -> int:
@@ -52,27 +60,37 @@ def sample_points(
     num_points: int,
     jitter: bool,
     generator: torch.Generator | None = None,
+    disparity: bool = False,
 ) -> Tensor:
     """Points ``o + t d`` at K depths between near and far: ``[..., 3] -> [..., K, 3]`` (float32).
 
     ``near``/``far`` are floats or tensors broadcastable against ``origins[..., :1]`` (per-ray bounds,
     like nerfstudio's ``nears``/``fars`` of shape ``[..., 1]``). Without jitter the depths are evenly
-    spaced with both ends included. With jitter each depth is drawn uniformly inside its bin, the bins
-    being bounded by midpoints between neighbours and clamped at near/far (stratified, as R2L's perturb).
+    spaced (in disparity with ``disparity``) with both ends included. With jitter each depth is drawn uniformly
+    inside its bin, the bins being bounded by midpoints between neighbours and clamped at near/far (stratified,
+    as R2L's perturb).
     """
     origins, directions = origins.float(), directions.float()
     near = torch.as_tensor(near, dtype=torch.float32, device=origins.device)
     far = torch.as_tensor(far, dtype=torch.float32, device=origins.device)
-    steps = torch.linspace(0.0, 1.0, num_points, device=origins.device)
-    depths = near * (1.0 - steps) + far * steps  # [..., K]; this form hits near and far exactly
-    depths = depths.expand(*origins.shape[:-1], num_points)
+    steps = torch.linspace(0.0, 1.0, num_points, device=origins.device).expand(*origins.shape[:-1], num_points)
     if jitter:
-        mids = 0.5 * (depths[..., 1:] + depths[..., :-1])
-        lower = torch.cat([depths[..., :1], mids], dim=-1)
-        upper = torch.cat([mids, depths[..., -1:]], dim=-1)
-        u = torch.rand(depths.shape, generator=generator, device=depths.device)
-        depths = lower + (upper - lower) * u
+        mids = 0.5 * (steps[..., 1:] + steps[..., :-1])
+        lower = torch.cat([steps[..., :1], mids], dim=-1)
+        upper = torch.cat([mids, steps[..., -1:]], dim=-1)
+        u = torch.rand(steps.shape, generator=generator, device=steps.device)
+        steps = lower + (upper - lower) * u
+    if disparity:
+        depths = 1.0 / ((1.0 - steps) / near + steps / far)
+    else:
+        depths = near * (1.0 - steps) + far * steps  # [..., K]; this form hits near and far exactly
     return origins[..., None, :] + directions[..., None, :] * depths[..., :, None]
+
+
+def contract(points: Tensor) -> Tensor:
+    """nerfacto's scene contraction (L-infinity norm): the unit cube stays, everything else maps into [-2, 2]."""
+    norm = points.abs().amax(dim=-1, keepdim=True).clamp_min(1e-6)
+    return torch.where(norm <= 1.0, points, (2.0 - 1.0 / norm) * points / norm)
 
 
 def positional_encoding(x: Tensor, num_frequencies: int) -> Tensor:
@@ -95,7 +113,10 @@ def encode_rays(
     """Ray grid ``[B, h, w, 3]`` (origins, directions) -> network input ``[B, C, h, w]`` float32."""
     # An enclosing bf16/fp16 autocast must not touch the encoding (see module docstring).
     with torch.autocast(device_type=origins.device.type, enabled=False):
-        points = sample_points(origins, directions, near, far, config.num_points, jitter, generator)
+        contracted = config.space == "contracted"
+        points = sample_points(origins, directions, near, far, config.num_points, jitter, generator, contracted)
+        if contracted:
+            points = contract(points)
         features = positional_encoding(points.flatten(-2), config.num_frequencies)  # [B, h, w, C]
     return features.permute(0, 3, 1, 2).contiguous()
 

@@ -53,6 +53,7 @@ class MobileR2LModel(Model):
             upscale_factors=tuple(scene.get("upscale_factors", self.config.network.upscale_factors)),
         )
         self.network = LightFieldNetwork(self.network_config)
+        self.encoding_config = replace(self.config.encoding, space=scene.get("ray_space", self.config.encoding.space))
         near, far = scene.get("near_far") or (0.0, 1.0)  # without a teacher (eval), the checkpoint restores them
         self.register_buffer("near_far", torch.tensor([near, far], dtype=torch.float32))
         self.lpips = optional_lpips()
@@ -74,7 +75,7 @@ class MobileR2LModel(Model):
             width=math.ceil(width / s),
         )
         near, far = self.near_far.tolist()
-        return encode_rays(origins, directions, near, far, self.config.encoding, jitter=jitter), (height, width)
+        return encode_rays(origins, directions, near, far, self.encoding_config, jitter=jitter), (height, width)
 
     def get_outputs(self, cameras: Cameras) -> dict[str, Tensor]:  # type: ignore[override]
         """[B] cameras -> rgb [B, H, W, 3], depth [B, H, W, 1]. A grid that overshoots H×W is cropped: the
@@ -105,8 +106,9 @@ class MobileR2LModel(Model):
         if "depth" in batch and "depth" in outputs and self.config.depth_loss_weight > 0:
             target = batch["depth"].to(self.device)[..., None]
             surface = target > 0  # the cache stores 0 where the teacher saw no surface
-            far = self.near_far[1]
-            error = ((outputs["depth"] - target) / far) ** 2
+            # a contracted space reaches the teacher's far plane (1000 for nerfacto): relative error there
+            scale = target.clamp_min(1e-3) if self.encoding_config.space == "contracted" else self.near_far[1]
+            error = ((outputs["depth"] - target) / scale) ** 2
             losses["depth_loss"] = self.config.depth_loss_weight * (error * surface).sum() / surface.sum().clamp_min(1)
         return {name: value * self.config.loss_coefficients.get(name, 1.0) for name, value in losses.items()}
 

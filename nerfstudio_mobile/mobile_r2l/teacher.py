@@ -1,21 +1,26 @@
 """The teacher: any trained nerfstudio run, frozen, rendering full-resolution pseudo views (RGB + depth).
 
 The teacher is held in a plain object, never as a submodule of the student, so it stays out of the
-student's checkpoints and out of `.train()`.
+student's checkpoints and out of `.train()`. What the student needs to know of it comes from what its model
+really uses: a near/far collider (NeRF, nas-nerf), or nerfacto-style near/far planes and scene contraction.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import torch
 from nerfstudio.cameras.cameras import Cameras, CameraType
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
 from torch import Tensor
 
-from nerfstudio_mobile.common.runs import load_run, read_run_config
+from nerfstudio_mobile.common.cli import UsageError
+from nerfstudio_mobile.common.intrinsics import Intrinsics
+from nerfstudio_mobile.common.runs import RunError, load_run, read_run_config
 
 # Output names across nerfstudio models (vanilla-nerf only has the *_fine ones).
 OUTPUT_NAMES = {
@@ -23,28 +28,75 @@ OUTPUT_NAMES = {
     "depth": ("depth", "depth_fine"),
     "accumulation": ("accumulation", "accumulation_fine"),
 }
+RaySpace = Literal["bounded", "contracted"]
+
+
+class TeacherError(UsageError, ValueError):
+    """A teacher run the student cannot distil from as given; the message says what to do."""
 
 
 def read_teacher_config(config_path: Path | None) -> TrainerConfig:
     """The teacher's training config (cheap: no model is built), with errors that say what to pass."""
     if config_path is None:
-        raise ValueError(
+        raise TeacherError(
             "mobile-r2l distils a trained model: pass --pipeline.datamanager.teacher-config "
-            "outputs/<experiment>/<method>/<timestamp>/config.yml (any nerfstudio method, e.g. nas-nerf or nerfacto)."
+            "outputs/<experiment>/<method>/<timestamp>/config.yml (any nerfstudio method, e.g. nerfacto or nas-nerf)."
         )
     try:
-        return read_run_config(config_path)
-    except (FileNotFoundError, ValueError) as err:
-        raise ValueError(f"--pipeline.datamanager.teacher-config: {err}") from err
+        config = read_run_config(config_path)
+    except RunError as err:
+        raise TeacherError(f"--pipeline.datamanager.teacher-config: {err}") from err
+    if config.method_name.startswith("splatfacto") and not torch.cuda.is_available():
+        raise TeacherError(
+            f"{config_path} is a {config.method_name} run: it renders with gsplat, which needs a CUDA GPU. Distil it "
+            "on a GPU machine (the same command), or train a nerfacto teacher here."
+        )
+    return config
 
 
 def collider_near_far(config: TrainerConfig) -> tuple[float, float] | None:
-    """The teacher's own near/far when its rays are bounded by a near/far collider (NeRF, nas-nerf)."""
+    """The teacher's near/far when its rays are bounded by `collider_params` (NeRF, nas-nerf). Models with their
+    own near/far planes (nerfacto, instant-ngp) ignore `collider_params`: None for them."""
     model = config.pipeline.model
+    if hasattr(model, "near_plane") and hasattr(model, "far_plane"):
+        return None
     params = getattr(model, "collider_params", None)
     if getattr(model, "enable_collider", False) and params and {"near_plane", "far_plane"} <= params.keys():
         return float(params["near_plane"]), float(params["far_plane"])
     return None
+
+
+def teacher_ray_space(config: TrainerConfig) -> RaySpace:
+    """'contracted' for teachers that see to infinity through scene contraction (nerfacto, instant-ngp)."""
+    model = config.pipeline.model
+    contracts = hasattr(model, "disable_scene_contraction") and not model.disable_scene_contraction
+    return "contracted" if contracts else "bounded"
+
+
+def pinhole_intrinsics(cameras: Cameras, index: int = 0) -> Intrinsics:
+    """The pinhole intrinsics of one camera once its image is undistorted as nerfstudio's full-image datamanager
+    undistorts it (OpenCV, cropped to valid pixels): pseudo views, real images and exports all share them."""
+    from nerfstudio.data.datamanagers.full_images_datamanager import _undistort_image
+
+    camera = cameras[index : index + 1].reshape(())
+    if int(camera.camera_type) != CameraType.PERSPECTIVE.value:
+        raise TeacherError(
+            "mobile-r2l needs a perspective (pinhole) teacher dataset; fisheye/equirect are not supported."
+        )
+    height, width = int(camera.height), int(camera.width)
+    distortion = camera.distortion_params
+    if distortion is None or not bool((distortion != 0).any()):
+        return Intrinsics.from_camera(camera)
+    blank = np.zeros((height, width, 3), dtype=np.uint8)  # only the new camera matrix and crop are wanted
+    matrix, image, _ = _undistort_image(camera, distortion.numpy(), {}, blank, camera.get_intrinsics_matrices().numpy())
+    return Intrinsics(
+        float(matrix[0, 0]),
+        float(matrix[1, 1]),
+        float(matrix[0, 2]),
+        float(matrix[1, 2]),
+        image.shape[1],
+        image.shape[0],
+    )
 
 
 @dataclass
@@ -58,8 +110,8 @@ class Teacher:
         read_teacher_config(config_path)  # the clear errors first
         try:
             config, pipeline, _ = load_run(config_path, test_mode="inference")
-        except FileNotFoundError as err:
-            raise ValueError(f"--pipeline.datamanager.teacher-config: {err}") from err
+        except RunError as err:
+            raise TeacherError(f"--pipeline.datamanager.teacher-config: {err}") from err
         pipeline.eval()
         for parameter in pipeline.parameters():
             parameter.requires_grad_(False)
@@ -77,38 +129,26 @@ class Teacher:
         for name, candidates in OUTPUT_NAMES.items():
             key = next((k for k in candidates if k in outputs), None)
             if key is None:
-                raise ValueError(f"the teacher ({self.config.method_name}) renders no {name!r} output: {list(outputs)}")
+                raise TeacherError(
+                    f"the teacher ({self.config.method_name}) renders no {name!r} output: {list(outputs)}"
+                )
             found[name] = outputs[key].float().cpu()
         return found["rgb"].clamp(0, 1), found["depth"][..., 0], found["accumulation"][..., 0]
 
     def estimate_near_far(self, cameras: Cameras, margin: float = 0.1) -> tuple[float, float]:
-        """Near/far for a teacher without a collider (e.g. nerfacto, splatfacto): the range of its rendered
-        surface depths on a few training views, widened by `margin`."""
+        """Near/far for a teacher without a collider (e.g. nerfacto): the range of its rendered surface depths on a
+        few training views, widened by `margin`. A teacher that contracts space keeps its own far plane: the
+        student samples to it in disparity, so the background is covered too."""
         depths = []
         for index in torch.linspace(0, len(cameras) - 1, min(8, len(cameras))).long().tolist():
-            _, depth, accumulation = self.render(cameras[index : index + 1])
+            camera = cameras[index : index + 1]
+            _, depth, accumulation = self.render(pinhole_intrinsics(cameras, index).cameras(camera.camera_to_worlds))
             depths.append(depth[accumulation > 0.5])
         surface = torch.cat(depths)
         if surface.numel() == 0:
-            raise ValueError("the teacher renders no opaque surface on its training views: is it trained?")
+            raise TeacherError("the teacher renders no opaque surface on its training views: is it trained?")
         low, high = torch.quantile(surface[:: max(1, surface.numel() // 100_000)], torch.tensor([0.01, 0.99]))
-        return float(low) * (1 - margin), float(high) * (1 + margin)
-
-
-def pinhole_intrinsics(cameras: Cameras, index: int = 0) -> tuple[int, int, float, float, float, float]:
-    """(H, W, fx, fy, cx, cy) of one camera; the student renders undistorted pinhole cameras only."""
-    camera = cameras[index : index + 1]
-    if int(camera.camera_type.flatten()[0]) != CameraType.PERSPECTIVE.value:
-        raise ValueError(
-            "mobile-r2l needs a perspective (pinhole) teacher dataset; fisheye/equirect are not supported."
-        )
-    if camera.distortion_params is not None and bool((camera.distortion_params != 0).any()):
-        raise ValueError("mobile-r2l needs undistorted images: undistort the dataset first (e.g. ns-process-data).")
-    return (
-        int(camera.height),
-        int(camera.width),
-        float(camera.fx),
-        float(camera.fy),
-        float(camera.cx),
-        float(camera.cy),
-    )
+        near = float(low) * (1 - margin)
+        if teacher_ray_space(self.config) == "contracted":
+            return near, float(self.config.pipeline.model.far_plane)
+        return near, float(high) * (1 + margin)
