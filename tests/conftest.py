@@ -84,10 +84,21 @@ def mobile_r2l_run(nas_nerf_run: Path, tmp_path_factory: pytest.TempPathFactory)
 
 
 @pytest.fixture(scope="session")
-def nerfacto_run(synthetic_scene: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """config.yml of a tiny stock nerfacto run, trained the way nerfstudio's docs show: `ns-train nerfacto ...
-    blender-data --data <scene>` (the scene's path lands in the dataparser, not the datamanager)."""
-    return stock_run("nerfacto", synthetic_scene, tmp_path_factory.mktemp("nerfacto_run"))
+def phone_capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What ns-process-data writes for a phone capture: transforms.json with OpenCV distortion (k1 k2 p1 p2),
+    distorted images, and a scene that reaches far beyond its cameras (sky, far ground)."""
+    root = tmp_path_factory.mktemp("capture") / "capture"
+    return generate_scene(
+        SceneConfig(output_dir=root, image_size=48, num_train=40, num_val=4, num_test=4, format="nerfstudio",
+                    distortion=(0.08, -0.03, 0.002, -0.001), unbounded=True)
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def nerfacto_run(phone_capture: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """config.yml of a tiny stock nerfacto run on the phone capture, trained the way nerfstudio's docs show:
+    `ns-train nerfacto ... nerfstudio-data --data <capture>` (the path lands in the dataparser, not the datamanager)."""
+    return stock_run("nerfacto", "nerfstudio-data", phone_capture, tmp_path_factory.mktemp("nerfacto_run"))
 
 
 TRAINING_FIXTURES = {"nas_nerf_run", "mobile_r2l_run", "nerfacto_run"}

@@ -77,15 +77,15 @@ NERFACTO_ARGS = [
 ]  # fmt: skip
 
 
-def stock_run(method: str, scene: Path, workdir: Path) -> Path:
-    """config.yml of a stock nerfstudio method trained on a Blender `scene` by the real `ns-train`, CPU flags as a
-    user passes them here, data given to the dataparser subcommand as nerfstudio's docs show."""
+def stock_run(method: str, dataparser: str, scene: Path, workdir: Path) -> Path:
+    """config.yml of a stock nerfstudio method trained on `scene` by the real `ns-train`, CPU flags as a user
+    passes them here, data given to the dataparser subcommand as nerfstudio's docs show."""
     run_ns(
         [ns_command("ns-train"), method, "--machine.device-type", "cpu", "--output-dir", "outputs",
          "--experiment-name", "scene", "--timestamp", "run", "--vis", "tensorboard",
          "--max-num-iterations", str(NERFACTO_ITERATIONS), "--steps-per-save", str(NERFACTO_ITERATIONS),
          "--steps-per-eval-batch", "100000", "--steps-per-eval-image", "100000",
-         "--steps-per-eval-all-images", "100000", *NERFACTO_ARGS, "blender-data", "--data", str(scene)],
+         "--steps-per-eval-all-images", "100000", *NERFACTO_ARGS, dataparser, "--data", str(scene)],
         cwd=workdir,
     )  # fmt: skip
     return workdir / "outputs" / "scene" / method / "run" / "config.yml"

@@ -17,6 +17,7 @@ from nerfstudio_mobile.common.cli import UsageError
 from nerfstudio_mobile.common.intrinsics import Intrinsics
 from nerfstudio_mobile.common.metrics import image_metrics
 from nerfstudio_mobile.common.runs import load_run
+from nerfstudio_mobile.export.cli import CoreMLExport, OnnxExport
 from nerfstudio_mobile.mobile_r2l.cache import PseudoViewCache
 from nerfstudio_mobile.mobile_r2l.datamanager import (
     PseudoViewDataManager,
@@ -147,10 +148,13 @@ def test_ns_train_mobile_r2l_says_what_is_missing_in_one_line(
     assert message in " ".join(result.stdout.split()) and "Traceback" not in result.stdout + result.stderr
 
 
-def test_a_stock_nerfacto_teacher_distils_with_no_extra_flags(nerfacto_run: Path, tmp_path: Path) -> None:
-    """`ns-train nerfacto ... blender-data --data <scene>` keeps its scene in the dataparser and ignores the base
-    collider's 2/6: the student finds the scene, takes near from the teacher's depth and its far plane, and samples
-    the contracted space nerfacto sees (no AlexNet weights here: LPIPS off, training still works)."""
+def test_a_stock_nerfacto_teacher_of_a_phone_capture_distils_with_no_extra_flags(
+    nerfacto_run: Path, tmp_path: Path
+) -> None:
+    """`ns-train nerfacto ... nerfstudio-data --data <capture>` keeps its scene in the dataparser and ignores the
+    base collider's 2/6: the student finds the scene, takes near from the teacher's depth and its far plane, samples
+    the contracted space nerfacto sees, and learns from undistorted (pinhole) real images (no AlexNet weights here:
+    LPIPS off, training still works)."""
     run_ns(
         [ns_command("ns-train"), "mobile-r2l", "--pipeline.datamanager.teacher-config", str(nerfacto_run),
          "--output-dir", "outputs", "--experiment-name", "scene", "--timestamp", "run", "--vis", "tensorboard",
@@ -163,12 +167,28 @@ def test_a_stock_nerfacto_teacher_distils_with_no_extra_flags(nerfacto_run: Path
     _, student, _ = load_run(student_run)
     near, far = student.model.near_far.tolist()
     assert student.model.encoding_config.space == "contracted"
-    assert far == pytest.approx(1000.0) and 0.0 < near < 3.5  # cameras sit 4 units from the object
-    assert (near, far) != (2.0, 6.0)
+    camera_distance = student.datamanager.train_dataparser_outputs.cameras.camera_to_worlds[:, :, 3].norm(dim=-1)
+    assert far == pytest.approx(1000.0) and 0.0 < near < float(camera_distance.min())
+    # pseudo views, real images and the student share the undistorted pinhole camera (cropped to valid pixels)
+    distorted = Intrinsics.from_camera(student.datamanager.train_dataparser_outputs.cameras[0:1])
+    pinhole = student.datamanager.pinhole
+    assert pinhole != distorted and pinhole.width <= 48 and pinhole.height <= 48
     cache = teacher_cache(nerfacto_run)
     assert cache.meta.teacher["method"] == "nerfacto" and cache.complete()
-    rgb = student.model.get_outputs_for_camera(student.datamanager.fixed_indices_eval_dataloader[0][0])["rgb"]
-    assert rgb.shape == (48, 48, 3) and torch.isfinite(rgb).all()
+    assert cache.meta.intrinsics == pinhole
+    camera, batch = student.datamanager.fixed_indices_eval_dataloader[0]
+    assert batch["image"].shape[:2] == (pinhole.height, pinhole.width)
+    rgb = student.model.get_outputs_for_camera(camera)["rgb"]
+    assert rgb.shape == (pinhole.height, pinhole.width, 3) and torch.isfinite(rgb).all()
+    # the contracted sampling is in the sidecar and inside the pose graph: each package matches the torch student
+    exports = [
+        OnnxExport(student_run, tmp_path / "onnx", ("rays", "pose"), (40, 40)),
+        CoreMLExport(student_run, tmp_path / "coreml", ("pose",), (40, 40)),
+    ]
+    for exported in [file for export in exports for file in export.run()]:
+        assert exported.verification.passed, (exported.path.name, exported.verification.failures)
+        sidecar = json.loads(exported.path.with_suffix(".json").read_text())
+        assert sidecar["rays"]["space"] == "contracted" and "disparity" in sidecar["rays"]["channel_order"]
 
 
 def test_forward_facing_student_upscales_12x_and_renders_any_size() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from unittest import mock
 
 import pytest
 import torch
@@ -163,38 +162,6 @@ def test_cells_from_the_ns_train_command_line(capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit):
         tyro.cli(AnnotatedBaseConfigUnion, args=["nas-nerf", "--pipeline.model.fine-cell.depths", "0", "1", "1"])
     assert "fine cell: depths must be [D1, 1, D3]" in " ".join(capsys.readouterr().err.split())
-
-
-def test_checkpoint_writes_are_atomic(tmp_path: Path) -> None:
-    """A crash while writing step 2 leaves step 1 complete and loadable, and nothing else in the checkpoint folder
-    (nerfstudio's resume parses every name there)."""
-    from types import SimpleNamespace
-
-    from torch.cuda.amp.grad_scaler import GradScaler
-
-    from nerfstudio_mobile.common.checkpoints import AtomicCheckpointTrainer, checkpoint_steps
-
-    trainer = AtomicCheckpointTrainer.__new__(AtomicCheckpointTrainer)
-    trainer.checkpoint_dir = tmp_path / "nerfstudio_models"
-    trainer.pipeline = torch.nn.Linear(2, 2)
-    trainer.optimizers = SimpleNamespace(optimizers={}, schedulers={})
-    trainer.grad_scaler = GradScaler(enabled=False)
-    trainer.config = SimpleNamespace(save_only_latest_checkpoint=True)
-    trainer.save_checkpoint(1)
-
-    def killed_mid_write(obj: object, path: Path, *args: object, **kwargs: object) -> None:
-        Path(path).write_bytes(b"truncated")
-        raise KeyboardInterrupt
-
-    with (
-        pytest.raises(KeyboardInterrupt),
-        mock.patch("nerfstudio_mobile.common.checkpoints.torch.save", killed_mid_write),
-    ):
-        trainer.save_checkpoint(2)
-    assert [p.name for p in trainer.checkpoint_dir.iterdir()] == ["step-000000001.ckpt"]
-    assert torch.load(trainer.checkpoint_dir / "step-000000001.ckpt")["step"] == 1
-    (trainer.checkpoint_dir / ".step-000000002.ckpt.123-abc.partial").write_bytes(b"left by a 0.1 writer")
-    assert checkpoint_steps(trainer.checkpoint_dir) == [1]
 
 
 @pytest.mark.parametrize("metadata", [{}, {"near_far": (1.2, 6.5)}])

@@ -50,10 +50,19 @@ def channel_order(encoding: RayEncodingConfig) -> str:
     """The layout of the `rays` input, spelled out with this export's K and L (see mobile_r2l/encoding.py)."""
     k, frequencies = encoding.num_points, encoding.num_frequencies
     d = 3 * k
-    depths = "t_0 = near" if k == 1 else f"t_k = near * (1 - k / {k - 1}) + far * k / {k - 1}, k = 0..{k - 1}"
+    u = f"u_k = k / {k - 1}, k = 0..{k - 1}"
+    if k == 1:
+        depths = "t_0 = near"
+    elif encoding.space == "contracted":
+        depths = f"1 / t_k = (1 - u_k) / near + u_k / far with {u} (evenly in disparity)"
+    else:
+        depths = f"t_k = near * (1 - u_k) + far * u_k with {u}"
+    points = "p_k = o + t_k * d"
+    if encoding.space == "contracted":
+        points += ", then contracted: p_k if max|p_k[a]| <= 1, else (2 - 1 / m) * p_k / m with m = max_a |p_k[a]|"
     return (
         f"rays[0, ch, i, j] for the ray (o, d) of grid pixel (i, j): depths {depths} (both ends included); "
-        f"points p_k = o + t_k * d; coordinates x[3k + a] = p_k[a] (a = 0, 1, 2 for x, y, z; D = {d}); "
+        f"points {points}; coordinates x[3k + a] = p_k[a] (a = 0, 1, 2 for x, y, z; D = {d}); "
         f"for f = 0..{frequencies - 1} and m = 0..{d - 1}: channel f * {d} + m = sin(2^f * x[m]), channel "
         f"({frequencies} + f) * {d} + m = cos(2^f * x[m]) (no factor of pi); channel {2 * frequencies * d} + m "
         f"= x[m]. {encoding.num_channels} channels, computed in float32."
@@ -185,6 +194,7 @@ def sidecar(frame: ExportFrame, mode: InputMode, weights: str, params: int, sour
             "near": frame.near,
             "far": frame.far,
             "num_points": frame.encoding.num_points,
+            "space": frame.encoding.space,
             "num_frequencies": frame.encoding.num_frequencies,
             "num_channels": frame.encoding.num_channels,
             "grid": RAY_GRID,
