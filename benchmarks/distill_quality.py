@@ -3,9 +3,11 @@ the gap, pseudo-view disk per view, render latency of both, and the phone packag
 
     python benchmarks/distill_quality.py --scene lego   # Blender, 360°, 8×: 128×128 frames from a 16×16 ray grid
     python benchmarks/distill_quality.py --scene fern   # LLFF, forward-facing, 12×: 168×126 frames from 14×11
+    python benchmarks/distill_quality.py --scene fox --teacher nerfacto   # a phone capture (OpenCV distortion)
 
 Each runs `ns-mobile-demo --data` (resumable: re-run after a kill), which trains on a shrunk copy of the scene
-under benchmarks/work/, and writes benchmarks/results/distill_<scene>.{json,md}.
+under benchmarks/work/, and writes benchmarks/results/distill_<scene>[_<teacher>].{json,md} (no suffix for the
+nas-nerf teacher).
 """
 
 from __future__ import annotations
@@ -21,34 +23,39 @@ from common import SHARED_DATA, WORK, machine, write_results
 from nerfstudio_mobile.demo.demo import Demo
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetworkConfig
 
-DEFAULT_SIZE = {"lego": 128, "fern": 168}
+DEFAULT_SIZE = {"lego": 128, "fern": 168, "fox": 128}
+SCENES = {"lego": "nerf_synthetic/lego", "fern": "nerf_llff_data/fern", "fox": "instant_ngp/fox"}
 
 # The MobileR2L paper's results (800×800 / 1008×756 frames, GPUs, 10k pseudo views, 600k steps).
 PAPER = {
     "lego": "teacher 33.09 dB, student 32.18 dB (gap −0.91; synthetic average gap −1.75)",
     "fern": "student 26.15 dB forward-facing average (gap −1.75 on synthetic; goal here ≤ 1.0 dB)",
+    "fox": "no phone capture in the paper (goal here: student within 1.5 dB of its teacher)",
 }
 
 
 @dataclass
 class DistillQuality:
-    scene: Literal["lego", "fern"] = "lego"
+    scene: Literal["lego", "fern", "fox"] = "lego"
+    teacher: Literal["nas-nerf", "nerfacto"] = "nas-nerf"
     max_image_size: int = 0
     """Long side of the copy the demo trains on; 0: lego 128 (of 800), fern 168 (of 4032: 24×)."""
     max_test_views: int = 25
     """Lego: every 8th of the 200 test views (eval on 2 cores stays affordable). Fern keeps LLFF's own split."""
     teacher_steps: int = 5000
+    teacher_rays: int = 512
     student_steps: int = 2000
     pseudo_views: int = 150
     student_width: int = 64
     student_blocks: int = 6
 
     def main(self) -> None:
-        work = WORK / f"distill_{self.scene}"
-        data = SHARED_DATA / {"lego": "nerf_synthetic/lego", "fern": "nerf_llff_data/fern"}[self.scene]
+        name = f"distill_{self.scene}" + ("" if self.teacher == "nas-nerf" else f"_{self.teacher}")
+        work = WORK / name
         demo = Demo(
-            output_dir=work, data=data, max_image_size=self.max_image_size or DEFAULT_SIZE[self.scene],
-            max_test_views=self.max_test_views, teacher_steps=self.teacher_steps, student_steps=self.student_steps,
+            output_dir=work, data=SHARED_DATA / SCENES[self.scene], teacher=self.teacher,
+            max_image_size=self.max_image_size or DEFAULT_SIZE[self.scene], max_test_views=self.max_test_views,
+            teacher_steps=self.teacher_steps, teacher_rays=self.teacher_rays, student_steps=self.student_steps,
             pseudo_views=self.pseudo_views,
             student=LightFieldNetworkConfig(width=self.student_width, num_blocks=self.student_blocks),
         )  # fmt: skip
@@ -59,7 +66,7 @@ class DistillQuality:
         summary["pseudo_view_bytes"] = sum(f.stat().st_size for f in files) / len(files)
         summary["machine"] = machine()
         summary["setup"] = {**vars(self), "max_image_size": demo.max_image_size}
-        write_results(f"distill_{self.scene}", summary, markdown(self.scene, summary))
+        write_results(name, summary, markdown(self.scene, summary))
 
 
 def markdown(scene: str, summary: dict) -> str:
@@ -71,7 +78,8 @@ def markdown(scene: str, summary: dict) -> str:
         "",
         "| | PSNR (dB) | SSIM | ms / frame | params |",
         "|---|---|---|---|---|",
-        f"| teacher (nas-nerf) | {teacher['psnr']:.2f} | {teacher['ssim']:.3f} | {teacher['ms_per_frame']:.0f} | |",
+        f"| teacher ({summary['teacher_method']}) | {teacher['psnr']:.2f} | {teacher['ssim']:.3f} | "
+        f"{teacher['ms_per_frame']:.0f} | |",
         f"| student (mobile-r2l) | {student['psnr']:.2f} | {student['ssim']:.3f} | {student['ms_per_frame']:.1f} | "
         f"{student['params']:,} |",
         f"| gap / speed-up | {student['psnr'] - teacher['psnr']:+.2f} | {student['ssim'] - teacher['ssim']:+.3f} | "

@@ -77,10 +77,19 @@ def cells_from_run(config_path: Path) -> tuple[FieldCellConfig, FieldCellConfig,
     """The cells and sample counts of a trained `nas-nerf` run, read from its config.yml."""
     if not Path(config_path).is_file():
         raise ArchitectureFileNotFound(f"{config_path} does not exist: pass the config.yml of a trained nas-nerf run.")
-    config = yaml.load(Path(config_path).read_text(), Loader=yaml.Loader)
+    try:
+        config = yaml.load(Path(config_path).read_text(), Loader=yaml.Loader)
+    except yaml.YAMLError as error:
+        raise ArchitectureError(
+            f"{config_path} is not valid YAML ({' '.join(str(error).split())}): pass the config.yml of a trained "
+            "nas-nerf run."
+        ) from None
     model = getattr(getattr(config, "pipeline", None), "model", None)
     if not hasattr(model, "coarse_cell"):
-        raise ArchitectureError(f"{config_path} is not a nas-nerf run (its model has no field cells).")
+        raise ArchitectureError(
+            f"{config_path} is not a nas-nerf run (its model has no field cells): pass the config.yml of a nas-nerf "
+            "run (outputs/<experiment>/nas-nerf/<timestamp>/config.yml), or --architecture-file."
+        )
     return model.coarse_cell, model.fine_cell, model.num_coarse_samples, model.num_importance_samples
 
 

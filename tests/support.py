@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
+import pytest
+import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.pipelines.base_pipeline import Pipeline
 
 from nerfstudio_mobile.data.scenes import SceneConfig, camera_poses, generate_scene
 
 # A teacher small enough to train in about a minute on 2 CPU cores, big enough to learn the scene.
-TEACHER_ITERATIONS = 600
+TEACHER_ITERATIONS = 800
 TEACHER_ARGS = [
     "--pipeline.model.coarse-cell.depths",
     "1",
@@ -65,7 +73,7 @@ def viewer_camera(pipeline: Pipeline, height: int, width: int) -> Cameras:
 
 
 # A nerfacto small enough to train in about a minute on 2 CPU cores (its hash grid runs in torch here).
-NERFACTO_ITERATIONS = 150
+NERFACTO_ITERATIONS = 80
 NERFACTO_ARGS = [
     "--pipeline.datamanager.train-num-rays-per-batch", "256",
     "--pipeline.model.eval-num-rays-per-chunk", "4096",
@@ -91,8 +99,10 @@ def stock_run(method: str, dataparser: str, scene: Path, workdir: Path) -> Path:
     return workdir / "outputs" / "scene" / method / "run" / "config.yml"
 
 
-def run_ns(args: list[str], cwd: Path, timeout: int = 1800) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+def run_ns(
+    args: list[str], cwd: Path, timeout: int = 1800, extra_env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **(extra_env or {})}
     result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{args[0]} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
@@ -130,3 +140,63 @@ def write_llff(tmp_path: Path) -> tuple[Path, np.ndarray]:
     depth = np.linalg.norm(c2w[:, :, 3], axis=1)
     np.save(llff / "poses_bounds.npy", np.concatenate([poses, np.stack([depth - 1.5, depth + 1.5], 1)], 1))
     return llff, c2w
+
+
+# Fault injection without test hooks in the product: fault_sitecustomize.py, copied as sitecustomize.py into a folder
+# on a child's PYTHONPATH, SIGKILLs the child at the file operation NSM_KILL_AT names (see that file).
+FAULT_SITECUSTOMIZE = Path(__file__).with_name("fault_sitecustomize.py")
+
+
+def fault_env(injector: Path, kill_at: str | None = None, record_batches: Path | None = None) -> dict[str, str]:
+    """Environment for a child run with the fault injector in `injector` (see `write_fault_injector`)."""
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(injector), os.environ.get("PYTHONPATH")]))}
+    if kill_at is not None:
+        env["NSM_KILL_AT"] = kill_at
+    if record_batches is not None:
+        env["NSM_RECORD_BATCHES"] = str(record_batches)
+    return env
+
+
+def write_fault_injector(directory: Path) -> Path:
+    """Put the fault injector into `directory` (created) as its sitecustomize.py; returns `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "sitecustomize.py").write_text(FAULT_SITECUSTOMIZE.read_text())
+    return directory
+
+
+def run_until_killed(
+    args: list[str],
+    cwd: Path,
+    extra_env: Mapping[str, str],
+    until: Callable[[], object] | None = None,
+    timeout: float = 600,
+) -> str:
+    """Run a command that must die of SIGKILL: by its own hand (NSM_KILL_AT in `extra_env`), or by ours as soon as
+    `until()` holds (polled every 20 ms). Returns what it printed."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", **extra_env}
+    with tempfile.TemporaryFile("w+") as output:
+        process = subprocess.Popen(args, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while process.poll() is None:
+            if (until is not None and until()) or time.monotonic() > deadline:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+            time.sleep(0.02)
+        output.seek(0)
+        printed = output.read()
+    assert time.monotonic() <= deadline, f"{args[0]} was neither killed nor done in {timeout} s:\n" + printed[-3000:]
+    assert process.returncode == -signal.SIGKILL, (
+        f"{args[0]} was to be killed, exit code {process.returncode}:\n" + printed[-3000:]
+    )
+    return printed
+
+
+def entrypoint_in_process(entrypoint: Callable[[], None], argv: list[str]) -> str:
+    """A console script's entry point run in the test process (no second start-up: the imports cost seconds), with
+    `argv`; returns what it printed. The torch thread count is restored (e.g. after --threads 1)."""
+    output, threads = io.StringIO(), torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(output):
+        patch.setattr(sys, "argv", argv)
+        entrypoint()
+    torch.set_num_threads(threads)
+    return output.getvalue()

@@ -38,8 +38,9 @@ def test_demo_runs_the_whole_story_and_resumes(tmp_path: Path) -> None:
     printed = " ".join(first.stdout.split())  # rich wraps lines at the terminal width
     assert printed.index("This run on this machine") < printed.index("training the teacher")  # said first
     assert "paper-scale run" in printed and "Phone packages" in printed
-    # ground truth | teacher | student for each of the 2 test views; a 36-frame turntable at the scene's size
-    assert imageio.imread(output / "comparison.png").shape == (2 * 32, 3 * 32, 3)
+    # ground truth | teacher | student and the two depths for each of the 2 test views, enlarged 8× to 256 px;
+    # a 36-frame turntable at the scene's size
+    assert imageio.imread(output / "comparison.png").shape == (2 * 2 * 32 * 8, 3 * 32 * 8, 3)
     assert len(imageio.mimread(output / "turntable.gif")) == 36
 
     second = run_ns([ns_command("ns-mobile-demo"), "--output-dir", str(output), *TINY], cwd=tmp_path)

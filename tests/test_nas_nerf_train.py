@@ -12,7 +12,7 @@ import yaml
 from support import TEACHER_ITERATIONS, ns_command, run_ns, viewer_camera
 
 from nas_nerf.complexity import cells_from_run
-from nerfstudio_mobile.common.runs import load_run, read_run_config
+from nerfstudio_mobile.common.runs import RunError, load_run, read_run_config
 
 
 def test_training_raises_psnr_well_above_the_untrained_model(nas_nerf_run: Path) -> None:
@@ -56,7 +56,7 @@ def test_complexity_of_a_trained_run(nas_nerf_run: Path) -> None:
 
 
 def test_moved_run_loads_and_missing_data_is_explained(nas_nerf_run: Path, tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(RunError, match="does not exist"):
         load_run(tmp_path / "nope" / "config.yml")
     moved = tmp_path / "elsewhere" / "x" / "nas-nerf" / "t"
     shutil.copytree(nas_nerf_run.parent, moved)
@@ -65,5 +65,5 @@ def test_moved_run_loads_and_missing_data_is_explained(nas_nerf_run: Path, tmp_p
     config = read_run_config(moved / "config.yml")
     config.pipeline.datamanager.data = tmp_path / "gone"
     (moved / "config.yml").write_text(yaml.dump(config))
-    with pytest.raises(FileNotFoundError, match="no longer exists"):
+    with pytest.raises(RunError, match="no longer exists"):
         load_run(moved / "config.yml")

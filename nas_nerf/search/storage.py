@@ -50,10 +50,16 @@ def connect(config: SearchConfig) -> RDBStorage:
                 storage.engine.dispose()  # later connections get the pragmas
             return storage
         except SQLAlchemyError as err:
+            reason = " ".join(str(getattr(err, "orig", None) or err).split())  # the driver's words, not the SQL
+            if "disk" in reason:  # SQLite on a full disk: "disk I/O error", "database or disk is full"
+                raise SearchError(
+                    f"could not write the Optuna storage {url}: {reason}. Free some space and run the same command "
+                    "again: finished trials are kept."
+                ) from err
             # workers starting together race to create the tables: the losers find them on a second look
             attempt += 1
             if attempt == STORAGE_ATTEMPTS:
-                raise SearchError(f"Cannot open the Optuna storage {url}: {err}") from err
+                raise SearchError(f"Cannot open the Optuna storage {url}: {reason}") from err
             time.sleep(attempt)
 
 

@@ -35,6 +35,7 @@ from nas_nerf.search.space import BOUNDARIES, Architecture
 from nas_nerf.search.storage import SearchStorage
 from nas_nerf.search.targets import TIERS, Targets, tier_score
 from nas_nerf.search.train import Metrics, train, trainer_config
+from nerfstudio_mobile.common.files import make_dirs
 
 PROPOSALS_PER_TRIAL = 5
 """A tier also ends after this many sampler proposals per trial of its budget: a space mostly over budget, or
@@ -75,7 +76,7 @@ class Search:
         self.boundaries = {name: space.boundary_params(name) for name in BOUNDARIES}
         self.largest_params = space.decode(self.boundaries["largest"]).cost().params
         self.ceiling_gflops = space.ceiling_gflops()
-        config.output_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(config.output_dir)
         self.store = SearchStorage(config)
         self.progress = Progress(
             SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import random
 import re
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from nerfstudio.engine.trainer import Trainer
 from nerfstudio.utils.rich_utils import CONSOLE
@@ -38,14 +43,38 @@ class AtomicCheckpointTrainer(Trainer):
 
     nerfstudio writes step-N.ckpt in place, then deletes the older ones, and on resume takes the highest number
     among *all* names in the folder. Here each checkpoint is written beside the folder and renamed into it, so the
-    folder only ever holds complete checkpoints, and a resume picks the latest complete one by its name."""
+    folder only ever holds complete checkpoints, and a resume picks the latest complete one by its name.
+
+    Each checkpoint also holds the random state (torch, numpy, Python, and the datamanager's own generators), restored
+    on resume: nerfstudio seeds once at start, so a resumed run would otherwise draw other rays and views than an
+    uninterrupted one, and end with other weights."""
 
     def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
-        try:
+        with self._usage_errors_in_one_line():
+            self._check_scene()
             super().setup(test_mode)
+
+    def train(self) -> None:
+        with self._usage_errors_in_one_line():  # e.g. a full disk while a checkpoint is written
+            super().train()
+
+    @contextmanager
+    def _usage_errors_in_one_line(self) -> Iterator[None]:
+        try:
+            yield
         except UsageError as error:
             CONSOLE.print(f"[bold red]ns-train {self.config.method_name}:[/] {escape(str(error))}", soft_wrap=True)
             sys.exit(2)
+
+    def _check_scene(self) -> None:
+        """A missing scene folder or an unreadable transforms*.json of `--data` in words, before nerfstudio's
+        dataparser reads them (a student has no --data: its scene is its teacher's, checked when the teacher is
+        read)."""
+        from nerfstudio_mobile.data.formats import scene_format  # imported here: it imports nerfstudio's dataparsers
+
+        data = self.config.pipeline.datamanager.data
+        if data is not None:
+            scene_format(Path(data))
 
     def save_checkpoint(self, step: int) -> None:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -57,9 +86,14 @@ class AtomicCheckpointTrainer(Trainer):
             "optimizers": {k: v.state_dict() for k, v in self.optimizers.optimizers.items()},
             "schedulers": {k: v.state_dict() for k, v in self.optimizers.schedulers.items()},
             "scalers": self.grad_scaler.state_dict(),
+            "random_state": random_state(pipeline),
         }
+        # Serialised in memory first: torch's own file writer reports a full disk as an opaque RuntimeError, a plain
+        # write as the OSError atomic_path turns into a clear message.
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
         with atomic_path(path, directory=self.checkpoint_dir.parent) as temp:
-            torch.save(state, temp)
+            temp.write_bytes(buffer.getbuffer())
         if self.config.save_only_latest_checkpoint:
             for older in self.checkpoint_dir.glob("step-*.ckpt"):
                 if older != path:
@@ -71,3 +105,41 @@ class AtomicCheckpointTrainer(Trainer):
             if steps:  # never a stray name (a 0.1 `.partial`, an editor's backup) nerfstudio would parse
                 self.config.load_step = steps[-1]
         super()._load_checkpoint()
+        path = self.config.load_checkpoint
+        if self.config.load_dir is not None and self.config.load_step is not None:
+            path = self.config.load_dir / f"step-{self.config.load_step:09d}.ckpt"
+        if path is not None:  # mmap: only the few random-state bytes are read again
+            saved = torch.load(path, map_location="cpu", mmap=True).get("random_state")
+            if saved is not None:  # checkpoints of 0.2 and earlier have none
+                set_random_state(self.pipeline.module if hasattr(self.pipeline, "module") else self.pipeline, saved)
+
+
+def _generators(pipeline: Any) -> dict[str, torch.Generator]:
+    """The torch generators a pipeline's datamanager draws batches from (e.g. mobile-r2l's pseudo-view order)."""
+    attributes = getattr(getattr(pipeline, "datamanager", None), "__dict__", {})
+    return {name: value for name, value in attributes.items() if isinstance(value, torch.Generator)}
+
+
+def random_state(pipeline: Any) -> dict[str, Any]:
+    """Everything a training step draws random numbers from, as tensors and plain values (what nerfstudio's
+    `torch.load`, weights only, accepts)."""
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached_gaussian],
+        "python": random.getstate(),
+        "generators": {name: generator.get_state() for name, generator in _generators(pipeline).items()},
+    }
+
+
+def set_random_state(pipeline: Any, state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+    random.setstate(state["python"])
+    for name, generator in _generators(pipeline).items():
+        if name in state["generators"]:
+            generator.set_state(state["generators"][name])

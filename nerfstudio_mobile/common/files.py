@@ -3,6 +3,7 @@ one, never a torn one. Temporary names are hidden, unique per writer, and end in
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -12,7 +13,41 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from nerfstudio_mobile.common.cli import UsageError
+
 PARTIAL_SUFFIX = ".partial"
+DISK_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
+"""What a write fails with when the disk (or the process's file-size limit, or the user's quota) has no room."""
+
+
+class WriteError(UsageError):
+    """A folder that cannot be created or a write the disk refuses (full, a file in the way, no permission); the
+    message says what to do."""
+
+
+@contextmanager
+def disk_full_as_usage_error(path: Path) -> Iterator[None]:
+    """Turn a full disk while writing `path` into one clear WriteError (other OS errors pass through)."""
+    try:
+        yield
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+        raise WriteError(
+            f"could not write {error.filename or path}: {error.strerror.lower()}. Free some space (or raise the "
+            "file-size limit) and run the same command again: finished work is kept."
+        ) from error
+
+
+def make_dirs(path: Path) -> None:
+    """`mkdir -p path`, or a WriteError that says why not (a file in the way, no permission, a full disk)."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        where = f" ({error.filename})" if error.filename and str(error.filename) != str(path) else ""
+        raise WriteError(
+            f"cannot create the folder {path}: {error.strerror.lower()}{where}. Pass a folder you can write to."
+        ) from error
 
 
 def temp_path(path: Path, directory: Path | None = None) -> Path:
@@ -29,7 +64,8 @@ def atomic_path(path: Path, directory: Path | None = None) -> Iterator[Path]:
     path = Path(path)
     temp = temp_path(path, directory)
     try:
-        yield temp
+        with disk_full_as_usage_error(path):
+            yield temp
         os.replace(temp, path)
     finally:
         temp.unlink(missing_ok=True)
@@ -52,12 +88,13 @@ def atomic_dir(path: Path) -> Iterator[Path]:
     Readers see either the old directory or the complete new one (a kill between the two renames leaves the
     previous one under a hidden `.<name>.old-*` name, never a partial directory at `path`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging = path.with_name(f".{path.name}.{token}{PARTIAL_SUFFIX}")
-    staging.mkdir()  # not tempfile.mkdtemp: its mode 0700 would stay on the result
+    make_dirs(staging)  # not tempfile.mkdtemp: its mode 0700 would stay on the result
     try:
-        yield staging
+        with disk_full_as_usage_error(path):
+            yield staging
         if path.exists():
             previous = path.with_name(f".{path.name}.old-{token}")
             path.rename(previous)

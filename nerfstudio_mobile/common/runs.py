@@ -31,10 +31,15 @@ def read_run_config(config_path: Path) -> TrainerConfig:
         )
     try:
         config = yaml.load(config_path.read_text(), Loader=yaml.Loader)
+    except (yaml.scanner.ScannerError, yaml.parser.ParserError, UnicodeDecodeError) as error:
+        raise RunError(
+            f"{config_path} is not valid YAML ({' '.join(str(error).split())}): pass the config.yml that ns-train "
+            "wrote, unedited, or fix the edit."
+        ) from None
     except (yaml.YAMLError, ModuleNotFoundError, AttributeError) as error:
         raise RunError(
-            f"{config_path} cannot be read ({type(error).__name__}: {error}). A run trained with "
-            "nerfstudio-mobile 0.1 needs its class paths updated: see the README's 'Upgrading from 0.1'."
+            f"{config_path} cannot be read ({type(error).__name__}: {' '.join(str(error).split())}). A run trained "
+            "with nerfstudio-mobile 0.1 needs its class paths updated: see the README's 'Upgrading from 0.1'."
         ) from None
     if not isinstance(config, TrainerConfig):
         raise RunError(f"{config_path} is not a nerfstudio training config (got {type(config).__name__}).")
@@ -49,6 +54,12 @@ def read_run_config(config_path: Path) -> TrainerConfig:
         run_dir.name,
     )
     return config
+
+
+def check_checkpoint(checkpoint: Path) -> None:
+    """Refuse a truncated checkpoint in words (torch.save writes a zip whose directory sits at the end)."""
+    if not zipfile.is_zipfile(checkpoint):
+        raise RunError(f"{checkpoint} is truncated or not a checkpoint: delete it to resume from an earlier one.")
 
 
 def run_data(config: TrainerConfig) -> Path | None:
@@ -79,8 +90,7 @@ def load_run(
             f"{config_path} has no checkpoint in {config.get_checkpoint_dir()}: was training interrupted early?"
         )
     config.load_step, checkpoint = latest
-    if not zipfile.is_zipfile(checkpoint):  # torch.save writes a zip whose directory sits at the end
-        raise RunError(f"{checkpoint} is truncated or not a checkpoint: delete it to resume from an earlier one.")
+    check_checkpoint(checkpoint)
     config, pipeline, _, step = eval_setup(
         Path(config_path), test_mode=test_mode, update_config_callback=lambda _: config
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -16,15 +17,29 @@ SceneFormat = Literal["blender", "nerfstudio", "llff"]
 
 
 def scene_format(data: Path) -> SceneFormat:
-    """Which of the three layouts a scene folder is in; one clear error when none."""
+    """Which of the three layouts a scene folder is in; one clear error when none, or when its camera JSON files
+    cannot be parsed."""
     if (data / "transforms_train.json").is_file():
-        return "blender"
-    if (data / "transforms.json").is_file():
-        return "nerfstudio"
-    if (data / "poses_bounds.npy").is_file():
+        kind: SceneFormat = "blender"
+    elif (data / "transforms.json").is_file():
+        kind = "nerfstudio"
+    elif (data / "poses_bounds.npy").is_file():
         return "llff"
+    else:
+        raise _not_a_scene(data)
+    for path in sorted(data.glob("transforms*.json")):
+        try:
+            json.loads(path.read_bytes())
+        except ValueError as error:  # json.JSONDecodeError and UnicodeDecodeError
+            raise SceneError(
+                f"{path} is not valid JSON ({error}): restore it, or write it again (ns-process-data)."
+            ) from None
+    return kind
+
+
+def _not_a_scene(data: Path) -> SceneError:
     hint = "" if data.is_dir() else " (the folder does not exist)"
-    raise SceneError(
+    return SceneError(
         f"{data}{hint} is not a Blender (transforms_train.json), nerfstudio (transforms.json) or LLFF "
         "(poses_bounds.npy) scene; convert your images with ns-process-data first."
     )

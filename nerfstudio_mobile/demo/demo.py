@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
+from nerfstudio.utils import colormaps
 from rich.console import Console
 from rich.table import Table
 
@@ -50,6 +51,8 @@ from nerfstudio_mobile.mobile_r2l.views import SphereViewSampler
 CONSOLE = Console()
 IMAGES_PER_BATCH = 8
 """Whole pseudo views per student step."""
+DISPLAY_SIZE = 256
+"""Pixels a panel of comparison.png is enlarged to (training frames are small on a CPU)."""
 
 
 @dataclass
@@ -245,14 +248,25 @@ def export_student(student_config: Path, directory: Path, frame: list[int], upsc
 
 
 def write_comparison(teacher: Pipeline, student: Pipeline, path: Path, count: int = 4) -> None:
-    """Rows of ground truth | teacher | student on test views."""
+    """For each test view, a row ground truth | teacher | student and under it their depths (the teacher's and the
+    student's, coloured on one scale), each panel enlarged to about DISPLAY_SIZE pixels so a person can judge it."""
     rows = []
     for camera, batch in itertools.islice(student.datamanager.fixed_indices_eval_dataloader, count):
         with torch.no_grad():
-            images = [batch["image"][..., :3], teacher.model.get_outputs_for_camera(without_distortion(camera))["rgb"],
-                      student.model.get_outputs_for_camera(camera)["rgb"]]  # fmt: skip
-        rows.append(torch.cat([image.cpu().clamp(0, 1) for image in images], dim=1))
-    imageio.imwrite(path, (torch.cat(rows, dim=0).numpy() * 255).round().astype(np.uint8))
+            ours = teacher.model.get_outputs_for_camera(without_distortion(camera))
+            theirs = student.model.get_outputs_for_camera(camera)
+        depths = [ours["depth"].cpu(), theirs["depth"].cpu()]
+        low, high = torch.quantile(
+            depths[0].flatten()[:: max(1, depths[0].numel() // 10_000)], torch.tensor([0.02, 0.98])
+        )
+        coloured = [colormaps.apply_depth_colormap(d, near_plane=float(low), far_plane=float(high)) for d in depths]
+        image = batch["image"][..., :3].cpu()
+        rows.append(torch.cat([image, ours["rgb"].cpu(), theirs["rgb"].cpu()], dim=1))
+        rows.append(torch.cat([torch.ones_like(image), *coloured], dim=1))
+    picture = torch.cat(rows, dim=0).clamp(0, 1)
+    scale = max(1, round(DISPLAY_SIZE / max(picture.shape[0] // len(rows), picture.shape[1] // 3)))
+    picture = picture.repeat_interleave(scale, dim=0).repeat_interleave(scale, dim=1)  # nearest: no invented detail
+    imageio.imwrite(path, (picture.numpy() * 255).round().astype(np.uint8))
 
 
 def write_turntable(student: Pipeline, path: Path, frames: int = 36) -> None:

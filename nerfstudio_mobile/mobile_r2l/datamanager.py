@@ -31,7 +31,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
 from nerfstudio_mobile.common.checkpoints import latest_checkpoint
-from nerfstudio_mobile.common.runs import run_data
+from nerfstudio_mobile.common.runs import RunError, check_checkpoint, run_data
 from nerfstudio_mobile.mobile_r2l.cache import (
     CacheMeta,
     PseudoViewCache,
@@ -202,6 +202,10 @@ def build_pseudo_view_cache(
             f"The teacher {config.teacher_config} has no checkpoint in {teacher_run.get_checkpoint_dir()}: "
             "train it first (or let its training finish)."
         )
+    try:
+        check_checkpoint(latest[1])  # before its digest becomes the identity of a new cache
+    except RunError as error:
+        raise TeacherError(f"--pipeline.datamanager.teacher-config: {error}") from error
     meta = CacheMeta(
         num_views=config.num_pseudo_views,
         height=views.height,
@@ -217,6 +221,7 @@ def build_pseudo_view_cache(
         extra={"near_far": list(near_far), "sampler": sampler.to_dict()},
     )
     cache = PseudoViewCache(root, meta)
+    cache.verify(shard, num_shards)  # a view torn by a crash is set aside here, and rendered again below
     if cache.missing(shard, num_shards):
         teacher = teacher or Teacher.load(config.teacher_config)
         CONSOLE.print(f"Rendering pseudo views with the teacher into {root} (resumable; shard {shard}/{num_shards})")

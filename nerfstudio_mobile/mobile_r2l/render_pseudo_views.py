@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import tyro
 from rich.console import Console
 
+from nerfstudio_mobile.common.cli import UsageError, run_cli
 from nerfstudio_mobile.mobile_r2l.datamanager import (
     PseudoViewDataManager,
     PseudoViewDataManagerConfig,
@@ -33,7 +33,7 @@ class RenderPseudoViews:
 
     def main(self) -> Path:
         if not 0 <= self.shard < self.num_shards:
-            raise ValueError(f"--shard must be in [0, --num-shards), got {self.shard} of {self.num_shards}.")
+            raise UsageError(f"--shard must be in [0, --num-shards), got {self.shard} of {self.num_shards}.")
         config = PseudoViewDataManagerConfig(**{**vars(self.datamanager)})  # re-run __post_init__ (teacher data)
         datamanager = PseudoViewDataManager(config, test_mode="inference")
         cache = build_pseudo_view_cache(config, datamanager, self.shard, self.num_shards)
@@ -43,5 +43,4 @@ class RenderPseudoViews:
 
 
 def entrypoint() -> None:
-    tyro.extras.set_accent_color("bright_yellow")
-    tyro.cli(RenderPseudoViews).main()
+    run_cli(RenderPseudoViews, "ns-mobile-pseudo-views")

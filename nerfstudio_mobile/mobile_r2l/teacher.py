@@ -46,6 +46,11 @@ def read_teacher_config(config_path: Path | None) -> TrainerConfig:
         config = read_run_config(config_path)
     except RunError as err:
         raise TeacherError(f"--pipeline.datamanager.teacher-config: {err}") from err
+    if config.method_name == "mobile-r2l":
+        raise TeacherError(
+            f"{config_path} is a mobile-r2l student, not a teacher: pass the config.yml of the run it was distilled "
+            f"from ({config.pipeline.datamanager.teacher_config})."
+        )
     if config.method_name.startswith("splatfacto") and not torch.cuda.is_available():
         raise TeacherError(
             f"{config_path} is a {config.method_name} run: it renders with gsplat, which needs a CUDA GPU. Distil it "

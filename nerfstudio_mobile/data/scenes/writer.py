@@ -156,7 +156,9 @@ def _write_scene(config: SceneConfig, root: Path) -> None:
                     unbounded=config.unbounded,
                 )
                 (root / path).parent.mkdir(exist_ok=True)
-                imageio.imwrite(root / path, _to_png_bytes_array(rgba[..., :channels]), format="png")
+                # Our own file object: imageio's would raise a full disk's error again when it is garbage-collected
+                with (root / path).open("wb") as file:
+                    imageio.imwrite(file, _to_png_bytes_array(rgba[..., :channels]), format="png")
                 progress.advance(task)
     for name, meta in _metadata(config, poses).items():
         (root / name).write_text(json.dumps(meta, indent=2) + "\n")

@@ -19,7 +19,13 @@ import numpy as np
 from torch import Tensor
 
 from nerfstudio_mobile.common.cli import UsageError
-from nerfstudio_mobile.common.files import PARTIAL_SUFFIX, atomic_write, temp_path
+from nerfstudio_mobile.common.files import (
+    PARTIAL_SUFFIX,
+    atomic_write,
+    disk_full_as_usage_error,
+    make_dirs,
+    temp_path,
+)
 from nerfstudio_mobile.mobile_r2l.cache.codec import (
     DECODE_ERRORS,
     PseudoView,
@@ -63,7 +69,7 @@ class PseudoViewCache:
         self.root = Path(root)
         self.meta = meta
         self.views_dir = self.root / VIEWS_DIRNAME
-        self.views_dir.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.views_dir)
         meta_path = self.root / META_FILENAME
         if not meta_path.exists():
             self._create_meta(meta_path)
@@ -195,8 +201,9 @@ class PseudoViewCache:
 
     def _create_meta(self, meta_path: Path) -> None:
         temp = temp_path(meta_path)
-        temp.write_text(self.meta.to_json())
         try:
+            with disk_full_as_usage_error(meta_path):
+                temp.write_text(self.meta.to_json())
             # A hard link creates meta.json atomically and only if it is absent, so concurrent creators
             # with different settings cannot overwrite each other; the loser is compared and rejected.
             os.link(temp, meta_path)

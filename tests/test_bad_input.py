@@ -1,0 +1,244 @@
+"""Bad input, one table: every ns-* command of ours and both `ns-train` methods, fed missing and wrong paths, the
+wrong kind of run, malformed JSON/YAML, a truncated checkpoint, a corrupt cache, shapes that don't divide, a folder
+that can't be made and a full disk. Each is run as a user runs it (the real console script, in its own folder)
+and must end with exit status 2 and one line that says what to do, leaving nothing half-written that a later run
+would trust; a corrupt pseudo view is the one fault that is repaired instead (exit 0)."""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from support import ns_command
+
+BROKEN_JSON = '{"frames": ['
+BROKEN_YAML = "pipeline: [1\n"
+TINY_NAS_NERF = (
+    "--vis", "tensorboard", "--output-dir", "outputs", "--max-num-iterations", "3", "--steps-per-save", "2",
+    "--steps-per-eval-batch", "1000", "--steps-per-eval-image", "1000", "--steps-per-eval-all-images", "1000",
+    "--pipeline.model.coarse-cell.channels", "8", "8", "8", "--pipeline.model.fine-cell.channels", "8", "8", "8",
+    "--pipeline.model.num-coarse-samples", "8", "--pipeline.model.num-importance-samples", "8",
+    "--pipeline.datamanager.train-num-rays-per-batch", "64",
+)  # fmt: skip
+TINY_STUDENT = (
+    "--vis", "tensorboard", "--output-dir", "outputs", "--max-num-iterations", "2",
+    "--pipeline.datamanager.num-pseudo-views", "2", "--pipeline.datamanager.pseudo-view-dir", "cache",
+)  # fmt: skip
+PSEUDO_VIEWS = ("--datamanager.num-pseudo-views", "2", "--datamanager.pseudo-view-dir", "cache")
+TINY_SCENE = ("--image-size", "16", "--num-train", "2", "--num-val", "1", "--num-test", "1", "--supersample", "1")
+FIXTURES = {"scene": "synthetic_scene", "teacher": "nas_nerf_run", "student": "mobile_r2l_run"}
+# What a failed run must never leave: a half-written file, a checkpoint, a cache that says it is made.
+NEVER_LEFT = ("**/*.partial", "outputs/**/nerfstudio_models/*.ckpt", "**/pseudo_views/**/meta.json")
+
+
+def copy_run(config: Path, tmp_path: Path) -> Path:
+    """A copy of a trained run (without the pseudo views rendered from it) under tmp_path/copies/, laid out as
+    ns-train lays it out; its config.yml."""
+    run = tmp_path / "copies" / config.relative_to(config.parents[3]).parent
+    shutil.copytree(config.parent, run, ignore=shutil.ignore_patterns("pseudo_views"))
+    return run / "config.yml"
+
+
+def truncate_checkpoint(config: Path) -> None:
+    [checkpoint] = (config.parent / "nerfstudio_models").glob("step-*.ckpt")
+    checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+
+
+def truncated_teacher(tmp_path: Path, runs: dict[str, Path]) -> None:
+    truncate_checkpoint(copy_run(runs["teacher"], tmp_path))
+
+
+def truncated_student(tmp_path: Path, runs: dict[str, Path]) -> None:
+    truncate_checkpoint(copy_run(runs["student"], tmp_path))
+
+
+def corrupt_view(tmp_path: Path, runs: dict[str, Path]) -> None:
+    """A complete two-view cache whose first view lost its end (the archive's directory)."""
+    argv = [ns_command("ns-mobile-pseudo-views"), "--datamanager.teacher-config", str(runs["teacher"]), *PSEUDO_VIEWS]
+    subprocess.run(argv, cwd=tmp_path, capture_output=True, check=True, timeout=600)
+    view = tmp_path / "cache" / "views" / "00000000.npz"
+    view.write_bytes(view.read_bytes()[:-100])
+
+
+@dataclass(frozen=True)
+class BadInput:
+    argv: tuple[str, ...]
+    """The console script and its arguments; {scene}, {teacher} and {student} name the shared fixtures' paths."""
+    says: str
+    """What the one line must say (what to do)."""
+    files: dict[str, str] = field(default_factory=dict)
+    """Written in the run's folder first: malformed JSON or YAML, a file where a folder should be."""
+    prepare: Callable[[Path, dict[str, Path]], None] | None = None
+    """More set-up in the run's folder, given the fixtures' paths."""
+    uses: tuple[str, ...] = ()
+    """Fixtures `prepare` needs, by their placeholder name (teacher, student)."""
+    file_size_limit: int | None = None
+    """RLIMIT_FSIZE of the command, in bytes: a disk that is full for any file larger than this."""
+    left_out: tuple[str, ...] = ()
+    """Globs in the run's folder that must match nothing afterwards (besides NEVER_LEFT)."""
+    exit_code: int = 2
+    """2: refused in one line; 0: repaired (a corrupt pseudo view is set aside and rendered again)."""
+    left: tuple[str, ...] = ()
+    """Globs that must match something afterwards."""
+    one_line: bool = True
+    """False for errors tyro reports while it parses ns-train's flags: its usage box, exit 2, no traceback."""
+
+    @property
+    def fixtures(self) -> tuple[str, ...]:
+        """The shared fixtures this case needs: those its arguments name, and those `prepare` uses."""
+        return tuple(key for key in FIXTURES if f"{{{key}}}" in " ".join(self.argv) or key in self.uses)
+
+    @property
+    def prefix(self) -> str:
+        """The red prefix of the one line: the command, and ns-train's method."""
+        return f"{' '.join(self.argv[:2] if self.argv[0] == 'ns-train' else self.argv[:1])}:"
+
+
+def case(name: str, *argv: str, **fields: object) -> object:
+    """One row: a readable id, and `slow` when it needs a trained run (as conftest marks such tests)."""
+    bad = BadInput(argv, **fields)  # type: ignore[arg-type]
+    marks = [pytest.mark.slow] if {"teacher", "student"} & set(bad.fixtures) else []
+    return pytest.param(bad, id=name, marks=marks)
+
+
+CASES = [
+    # ns-make-scene
+    case("make-scene-odd-size", "ns-make-scene", "--output-dir", "scene", "--image-size", "7", says="image_size",
+         left_out=("scene",)),
+    case("make-scene-output-under-a-file", "ns-make-scene", "--output-dir", "blocker/scene", *TINY_SCENE,
+         files={"blocker": ""}, says="Pass a folder you can write to"),
+    case("make-scene-disk-full", "ns-make-scene", "--output-dir", "scene", *TINY_SCENE, file_size_limit=256,
+         says="Free some space", left_out=("scene",)),
+    # ns-mobile-demo
+    case("demo-missing-data", "ns-mobile-demo", "--data", "nowhere", says="ns-process-data", left_out=("demo",)),
+    case("demo-malformed-transforms", "ns-mobile-demo", "--data", "capture", files={"capture/transforms.json":
+         BROKEN_JSON}, says="is not valid JSON", left_out=("demo",)),
+    case("demo-output-under-a-file", "ns-mobile-demo", "--output-dir", "blocker/demo", files={"blocker": ""},
+         says="Pass a folder you can write to"),
+    case("demo-disk-full", "ns-mobile-demo", "--scene.image-size", "16", file_size_limit=256,
+         says="Free some space", left_out=("demo/scene",)),
+    # ns-nas-complexity
+    case("complexity-missing-architecture", "ns-nas-complexity", "--architecture-file", "nowhere.json",
+         says="expected a JSON from ns-nas-search"),
+    case("complexity-malformed-architecture", "ns-nas-complexity", "--architecture-file", "arch.json",
+         files={"arch.json": BROKEN_JSON}, says="is not valid JSON"),
+    case("complexity-malformed-config", "ns-nas-complexity", "--load-config", "config.yml",
+         files={"config.yml": BROKEN_YAML}, says="is not valid YAML"),
+    case("complexity-student-run", "ns-nas-complexity", "--load-config", "{student}",
+         says="pass the config.yml of a nas-nerf run"),
+    # ns-nas-search
+    case("search-missing-data", "ns-nas-search", "--data", "nowhere", "--output-dir", "search",
+         says="ns-process-data", left_out=("search",)),
+    case("search-malformed-transforms", "ns-nas-search", "--data", "scene", "--output-dir", "search",
+         files={"scene/transforms_train.json": BROKEN_JSON}, says="is not valid JSON", left_out=("search",)),
+    case("search-output-under-a-file", "ns-nas-search", "--data", "{scene}", "--output-dir", "blocker/search",
+         files={"blocker": ""}, says="Pass a folder you can write to"),
+    case("search-disk-full", "ns-nas-search", "--data", "{scene}", "--output-dir", "search", file_size_limit=4096,
+         says="Free some space"),
+    # ns-mobile-pseudo-views
+    case("pseudo-views-no-teacher", "ns-mobile-pseudo-views", says="teacher-config"),
+    case("pseudo-views-missing-teacher", "ns-mobile-pseudo-views", "--datamanager.teacher-config",
+         "nowhere/config.yml", says="pass the config.yml that ns-train wrote"),
+    case("pseudo-views-malformed-teacher-config", "ns-mobile-pseudo-views", "--datamanager.teacher-config",
+         "config.yml", files={"config.yml": BROKEN_YAML}, says="is not valid YAML"),
+    case("pseudo-views-shard-out-of-range", "ns-mobile-pseudo-views", "--datamanager.teacher-config", "{teacher}",
+         "--shard", "2", "--num-shards", "2", says="--shard must be in"),
+    case("pseudo-views-student-as-teacher", "ns-mobile-pseudo-views", "--datamanager.teacher-config", "{student}",
+         *PSEUDO_VIEWS, says="teacher", left_out=("cache",)),
+    case("pseudo-views-corrupt-meta", "ns-mobile-pseudo-views", "--datamanager.teacher-config", "{teacher}",
+         *PSEUDO_VIEWS, files={"cache/meta.json": BROKEN_JSON}, says="delete",
+         left_out=("cache/views/*.npz",)),
+    case("pseudo-views-corrupt-view-is-rendered-again", "ns-mobile-pseudo-views", "--datamanager.teacher-config",
+         "{teacher}", *PSEUDO_VIEWS, prepare=corrupt_view, uses=("teacher",), exit_code=0, says="complete",
+         left=("cache/views/00000000.npz", "cache/views/00000000.npz.corrupt")),
+    case("pseudo-views-disk-full", "ns-mobile-pseudo-views", "--datamanager.teacher-config", "{teacher}",
+         *PSEUDO_VIEWS, file_size_limit=4096, says="Free some space", left_out=("cache/views/*.npz",)),
+    # ns-export-mobile
+    case("export-missing-config", "ns-export-mobile", "onnx", "--load-config", "nowhere/config.yml",
+         "--output-dir", "out", says="pass the config.yml that ns-train wrote", left_out=("out",)),
+    case("export-malformed-config", "ns-export-mobile", "coreml", "--load-config", "config.yml", "--output-dir",
+         "out", files={"config.yml": BROKEN_YAML}, says="is not valid YAML", left_out=("out",)),
+    case("export-teacher-run", "ns-export-mobile", "coreml", "--load-config", "{teacher}", "--output-dir", "out",
+         says="ns-train mobile-r2l --pipeline.datamanager.teacher-config", left_out=("out",)),
+    case("export-truncated-checkpoint", "ns-export-mobile", "onnx", "--load-config",
+         "copies/scene/mobile-r2l/run/config.yml", "--output-dir", "out",
+         prepare=truncated_student, uses=("student",), says="delete it to resume from an earlier one",
+         left_out=("out",)),
+    case("export-output-size-does-not-divide", "ns-export-mobile", "onnx", "--load-config", "{student}",
+         "--output-dir", "out", "--output-size", "50", "48", says="divisible by 8", left_out=("out",)),
+    case("export-output-under-a-file", "ns-export-mobile", "onnx", "--load-config", "{student}", "--output-dir",
+         "blocker/out", files={"blocker": ""}, says="Pass a folder you can write to"),
+    case("export-disk-full", "ns-export-mobile", "onnx", "--load-config", "{student}", "--output-dir", "out",
+         file_size_limit=16384, says="Free some space", left_out=("out",)),
+    # ns-train nas-nerf
+    case("train-nas-nerf-missing-data", "ns-train", "nas-nerf", "--data", "nowhere", *TINY_NAS_NERF,
+         says="ns-process-data"),
+    case("train-nas-nerf-malformed-transforms", "ns-train", "nas-nerf", "--data", "scene", *TINY_NAS_NERF,
+         files={"scene/transforms_train.json": BROKEN_JSON}, says="is not valid JSON"),
+    case("train-nas-nerf-malformed-architecture", "ns-train", "nas-nerf", "--data", "nowhere", *TINY_NAS_NERF,
+         "--pipeline.model.architecture-file", "arch.json", files={"arch.json": BROKEN_JSON},
+         says="is not valid JSON", one_line=False),
+    case("train-nas-nerf-disk-full", "ns-train", "nas-nerf", "--data", "{scene}", *TINY_NAS_NERF,
+         file_size_limit=100_000, says="Free some space"),
+    # ns-train mobile-r2l
+    case("train-mobile-r2l-no-teacher", "ns-train", "mobile-r2l", *TINY_STUDENT, says="teacher-config"),
+    case("train-mobile-r2l-missing-teacher", "ns-train", "mobile-r2l", *TINY_STUDENT,
+         "--pipeline.datamanager.teacher-config", "nowhere/config.yml", says="pass the config.yml that ns-train"),
+    case("train-mobile-r2l-malformed-teacher-config", "ns-train", "mobile-r2l", *TINY_STUDENT,
+         "--pipeline.datamanager.teacher-config", "config.yml", files={"config.yml": BROKEN_YAML},
+         says="is not valid YAML"),
+    case("train-mobile-r2l-near-without-far", "ns-train", "mobile-r2l", *TINY_STUDENT,
+         "--pipeline.datamanager.teacher-config", "{teacher}", "--pipeline.datamanager.near", "1",
+         says="pass both --pipeline.datamanager.near and --pipeline.datamanager.far"),
+    case("train-mobile-r2l-student-as-teacher", "ns-train", "mobile-r2l", *TINY_STUDENT,
+         "--pipeline.datamanager.teacher-config", "{student}", says="teacher", left_out=("cache",)),
+    case("train-mobile-r2l-truncated-teacher-checkpoint", "ns-train", "mobile-r2l", *TINY_STUDENT,
+         "--pipeline.datamanager.teacher-config", "copies/scene/nas-nerf/run/config.yml",
+         prepare=truncated_teacher, uses=("teacher",), says="delete it to resume from an earlier one",
+         left_out=("cache",)),
+    case("train-mobile-r2l-corrupt-cache-meta", "ns-train", "mobile-r2l", *TINY_STUDENT,
+         "--pipeline.datamanager.teacher-config", "{teacher}", files={"cache/meta.json": BROKEN_JSON}, says="delete",
+         left_out=("cache/views/*.npz",)),
+]  # fmt: skip
+
+
+def limit_file_size(limit: int) -> Callable[[], None]:
+    """A preexec_fn: files larger than `limit` fail with EFBIG, as on a full disk (SIGXFSZ would kill instead)."""
+
+    def apply() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+@pytest.mark.parametrize("bad", CASES)
+def test_bad_input_is_one_line_that_says_what_to_do(
+    bad: BadInput, tmp_path: Path, request: pytest.FixtureRequest, record_property: Callable[[str, object], None]
+) -> None:
+    record_property("outcome", "clear error" if bad.exit_code == 2 else "survived")  # for benchmarks/faults.py
+    runs = {key: request.getfixturevalue(FIXTURES[key]) for key in bad.fixtures}
+    for name, text in bad.files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    if bad.prepare is not None:
+        bad.prepare(tmp_path, runs)
+    argv = [ns_command(bad.argv[0]), *(arg.format(**{k: str(v) for k, v in runs.items()}) for arg in bad.argv[1:])]
+    limit = limit_file_size(bad.file_size_limit) if bad.file_size_limit else None
+    result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=900, preexec_fn=limit)
+    printed = result.stdout + result.stderr
+    assert result.returncode == bad.exit_code and "Traceback" not in printed, printed[-4000:]
+    assert bad.says in " ".join(printed.replace("│", " ").split()), printed[-4000:]
+    if bad.exit_code == 2 and bad.one_line:
+        lines = [line for line in printed.splitlines() if line.startswith(bad.prefix)]
+        assert len(lines) == 1 and bad.says in " ".join(printed.split(bad.prefix, 1)[1].split()), printed[-4000:]
+    for pattern in (*NEVER_LEFT, *bad.left_out):
+        assert not list(tmp_path.glob(pattern)), f"{pattern} left behind: {list(tmp_path.glob(pattern))}"
+    for pattern in bad.left:
+        assert list(tmp_path.glob(pattern)), f"nothing matches {pattern}"
