@@ -101,10 +101,9 @@ class BadInput:
 
 
 def case(name: str, *argv: str, **fields: object) -> object:
-    """One row: a readable id, and `slow` when it needs a trained run (as conftest marks such tests)."""
+    """One row: a readable id; `slow`, as every case starts a real console script."""
     bad = BadInput(argv, **fields)  # type: ignore[arg-type]
-    marks = [pytest.mark.slow] if {"teacher", "student"} & set(bad.fixtures) else []
-    return pytest.param(bad, id=name, marks=marks)
+    return pytest.param(bad, id=name, marks=[pytest.mark.slow])  # a real ns-* process each: seconds of imports
 
 
 CASES = [

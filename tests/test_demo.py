@@ -67,6 +67,7 @@ def test_demo_on_real_data_trains_on_a_shrunk_copy_and_says_what_the_originals_w
     assert originals["eval"] == pytest.approx(8 * hours["eval"])
 
 
+@pytest.mark.slow  # a real ns-mobile-demo process
 def test_demo_refuses_a_folder_that_is_no_scene_in_one_line(tmp_path: Path) -> None:
     result = subprocess.run([ns_command("ns-mobile-demo"), "--data", str(tmp_path / "nowhere")], cwd=tmp_path,
                             capture_output=True, text=True, timeout=300)  # fmt: skip

@@ -11,8 +11,6 @@ ROOT = Path(__file__).resolve().parents[1]
 INDEPENDENT_OF_NAS_NERF = ["common", "data", "mobile_r2l", "export"]
 NAS_NERF_FILES = {"__init__.py", "cell.py", "field.py", "model.py", "complexity.py", "configs.py"}
 
-pytestmark = pytest.mark.unit
-
 
 def imported_modules(path: Path) -> set[str]:
     modules = set()
@@ -39,6 +37,7 @@ def test_nas_nerf_holds_nas_nerf_alone() -> None:
     assert (ROOT / "nas_nerf" / "search").is_dir()
 
 
+@pytest.mark.slow  # a fresh interpreter importing nerfstudio
 def test_nerfstudio_mobile_imports_without_nas_nerf() -> None:
     """The MobileR2L method loads in a process where nas_nerf cannot be imported at all."""
     import subprocess

@@ -110,7 +110,7 @@ class AtomicCheckpointTrainer(Trainer):
             path = self.config.load_dir / f"step-{self.config.load_step:09d}.ckpt"
         if path is not None:  # mmap: only the few random-state bytes are read again
             saved = torch.load(path, map_location="cpu", mmap=True).get("random_state")
-            if saved is not None:  # checkpoints of 0.2 and earlier have none
+            if saved is not None:  # checkpoints written by 0.1 have none
                 set_random_state(self.pipeline.module if hasattr(self.pipeline, "module") else self.pipeline, saved)
 
 
