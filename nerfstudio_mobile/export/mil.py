@@ -244,6 +244,11 @@ def _affine_dequantize(args: OpArgs) -> Tensor:
     return (data.float() - zero_point.float()) * scale
 
 
+def _reduce_max(args: OpArgs) -> Tensor:
+    x = args.tensor("x")
+    return torch.amax(x, dim=args.ints("axes", range(x.dim())), keepdim=bool(args.scalar("keep_dims", False)))
+
+
 def _binary(fn: Callable[[Tensor, Tensor], Tensor]) -> OpImplementation:
     return lambda args: fn(args.tensor("x"), args.tensor("y"))
 
@@ -257,6 +262,17 @@ OPS: dict[str, OpImplementation] = {
     "mul": _binary(torch.mul),
     "real_div": _binary(torch.div),
     "matmul": _matmul,
+    "sub": _binary(torch.sub),
+    "maximum": _binary(torch.maximum),
+    "minimum": _binary(torch.minimum),
+    "less_equal": _binary(torch.le),
+    "greater": _binary(torch.gt),
+    # the contracted ray space (nerfacto-like teachers): |p|, max over xyz, clamp, a where
+    "abs": _unary(torch.abs),
+    "reduce_max": _reduce_max,
+    "select": lambda args: torch.where(args.tensor("cond").bool(), args.tensor("a"), args.tensor("b")),
+    "clip": lambda args: args.tensor("x").clamp(args.scalar("alpha"), args.scalar("beta")),
+    "inverse": lambda args: 1.0 / (args.tensor("x") + args.scalar("epsilon", 1e-4)),
     "sin": _unary(torch.sin),
     "cos": _unary(torch.cos),
     "sigmoid": _unary(torch.sigmoid),
