@@ -34,14 +34,13 @@ def test_checkpoint_writes_are_atomic(tmp_path: Path) -> None:
     trainer.config = SimpleNamespace(save_only_latest_checkpoint=True)
     trainer.save_checkpoint(1)
 
-    def killed_mid_write(obj: object, path: Path, *args: object, **kwargs: object) -> None:
-        Path(path).write_bytes(b"truncated")
+    write_bytes = Path.write_bytes
+
+    def killed_mid_write(path: Path, data: bytes) -> int:
+        write_bytes(path, bytes(data)[: len(data) // 2])
         raise KeyboardInterrupt
 
-    with (
-        pytest.raises(KeyboardInterrupt),
-        mock.patch("nerfstudio_mobile.common.checkpoints.torch.save", killed_mid_write),
-    ):
+    with pytest.raises(KeyboardInterrupt), mock.patch.object(Path, "write_bytes", killed_mid_write):
         trainer.save_checkpoint(2)
     assert [p.name for p in trainer.checkpoint_dir.iterdir()] == ["step-000000001.ckpt"]
     assert torch.load(trainer.checkpoint_dir / "step-000000001.ckpt")["step"] == 1
