@@ -3,13 +3,16 @@ student distilled from the nas-nerf one. Session-scoped: the NAS-NeRF, distillat
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 # The tests assume no AlexNet weights (LPIPS off), whatever this machine's torch cache holds: their own TORCH_HOME,
 # set before anything asks torch where its hub is. A test that wants LPIPS on makes its own.
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="nerfstudio-mobile-torch-home-")
+atexit.register(shutil.rmtree, os.environ["TORCH_HOME"], ignore_errors=True)
 
 import pytest  # noqa: E402
 from support import (  # noqa: E402
