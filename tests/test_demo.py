@@ -22,6 +22,7 @@ TINY = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow  # trains a teacher and a student through real ns-mobile-demo processes
 def test_demo_runs_the_whole_story_and_resumes(tmp_path: Path) -> None:
     output = tmp_path / "demo"
     first = run_ns([ns_command("ns-mobile-demo"), "--output-dir", str(output), *TINY], cwd=tmp_path)
