@@ -55,7 +55,7 @@ def make_meta(**overrides: object) -> CacheMeta:
     return CacheMeta(**{**fields, **overrides})
 
 
-def render(c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def render(index: int, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Deterministic stand-in for a teacher: a disc whose colour and depth depend on the pose."""
     v, u = torch.meshgrid(torch.linspace(-1, 1, SIZE), torch.linspace(-1, 1, SIZE), indexing="ij")
     radius = (u**2 + v**2).sqrt()
@@ -93,7 +93,7 @@ def generate_shard(root: str, shard: int, num_shards: int) -> int:
 @pytest.mark.unit
 def test_round_trip(tmp_path: Path) -> None:
     cache = PseudoViewCache(tmp_path, make_meta())
-    rgb, depth, accumulation = render(SAMPLER.pose(3))
+    rgb, depth, accumulation = render(3, SAMPLER.pose(3))
     depth[0, 0] = float("nan")
     c2w = SAMPLER.pose(3)
     cache.write(3, rgb, depth, c2w, accumulation)
@@ -119,7 +119,7 @@ def test_round_trip(tmp_path: Path) -> None:
 @pytest.mark.unit
 def test_write_rejects_bad_input(tmp_path: Path) -> None:
     cache = PseudoViewCache(tmp_path, make_meta())
-    rgb, depth, accumulation = render(SAMPLER.pose(0))
+    rgb, depth, accumulation = render(0, SAMPLER.pose(0))
     with pytest.raises(IndexError):
         cache.write(NUM_VIEWS, rgb, depth, SAMPLER.pose(0))
     with pytest.raises(ValueError, match="rgb must be"):
@@ -161,12 +161,12 @@ def test_kill_and_resume_is_byte_identical(tmp_path: Path) -> None:
     resumed = PseudoViewCache(tmp_path / "resumed", make_meta())
     rendered = 0
 
-    def render_then_die(c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def render_then_die(index: int, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         nonlocal rendered
         if rendered == 4:
             raise KeyboardInterrupt
         rendered += 1
-        return render(c2w)
+        return render(index, c2w)
 
     with pytest.raises(KeyboardInterrupt):
         generate_views(resumed, render_then_die, SAMPLER.poses, progress=False)

@@ -29,7 +29,9 @@ def test_paper_parameter_counts() -> None:
 
 
 @pytest.mark.parametrize(
-    ("factors", "out_hw"), [((2, 2, 2), (48, 40)), ((2, 2, 3), (72, 60))], ids=["360-8x", "llff-12x"]
+    ("factors", "out_hw"),
+    [((2, 2, 2), (48, 40)), ((2, 2, 3), (72, 60)), ((1, 2, 2), (24, 20))],
+    ids=["360-8x", "llff-12x", "small-frame-4x"],
 )
 @pytest.mark.parametrize("predict_depth", [False, True])
 def test_output_shape_and_range(factors: tuple[int, ...], out_hw: tuple[int, int], predict_depth: bool) -> None:
@@ -73,7 +75,7 @@ def test_count_macs_matches_paper_scale() -> None:
     assert count_macs(config_llff, 63, 84) == pytest.approx(26e9, rel=0.03)
 
 
-@pytest.mark.parametrize("factors", [(2, 2, 2), (2, 2, 3)])
+@pytest.mark.parametrize("factors", [(2, 2, 2), (2, 2, 3), (1, 1, 2)])
 def test_count_macs_matches_traced_layers(factors: tuple[int, ...]) -> None:
     config = tiny_config(upscale_factors=factors)
     net = LightFieldNetwork(config)
@@ -100,7 +102,7 @@ def test_count_macs_matches_traced_layers(factors: tuple[int, ...]) -> None:
         dict(in_channels=-1),
         dict(sr_channels=(8, 0, 4)),
         dict(upscale_factors=(2, 4, 2)),
-        dict(upscale_factors=(1, 2, 2)),
+        dict(upscale_factors=(0, 2, 2)),
         dict(upscale_factors=(2, 2)),
     ],
 )

@@ -5,12 +5,14 @@ import pytest
 import torch
 from torch.nn.functional import normalize
 
+from nerfstudio_mobile.common.intrinsics import Intrinsics
 from nerfstudio_mobile.mobile_r2l.views import (
     MAX_POLAR_DEG,
     MIN_POLAR_DEG,
     ForwardFacingViewSampler,
     PseudoViewSamplerConfig,
     SphereViewSampler,
+    ViewCrops,
     detect_layout,
     make_view_sampler,
     view_sampler_from_dict,
@@ -167,3 +169,44 @@ def test_forward_facing_poses_stay_in_enlarged_boxes() -> None:
     assert (-poses[:, :, 2] @ mean_direction).min() > (training_directions @ mean_direction).min() - 0.01
     # Up stays close to the training cameras' up (+y here).
     assert poses[:, 1, 1].min() > 0.95
+
+
+FRAME = Intrinsics(fx=50.0, fy=52.0, cx=47.5, cy=40.0, width=96, height=80)
+
+
+def test_crop_windows_lie_on_the_ray_grid_inside_the_frame() -> None:
+    crops = ViewCrops.fit(FRAME, fraction=0.5, block=8, seed=3)
+    assert (crops.height, crops.width) == (40, 48)
+    corners = {crops.corner(index) for index in range(200)}
+    assert len(corners) > 20  # windows move around the frame
+    for top, left in corners:
+        assert top % 8 == 0 and left % 8 == 0
+        assert 0 <= top <= FRAME.height - crops.height and 0 <= left <= FRAME.width - crops.width
+
+
+def test_crop_window_is_a_function_of_seed_and_index_only() -> None:
+    crops = ViewCrops.fit(FRAME, fraction=0.5, block=8, seed=3)
+    forward = [crops.corner(i) for i in range(10)]
+    assert [crops.corner(i) for i in reversed(range(10))] == forward[::-1]
+    assert ViewCrops.fit(FRAME, fraction=0.5, block=8, seed=3).corner(7) == forward[7]
+    other_seed = ViewCrops.fit(FRAME, fraction=0.5, block=8, seed=4)
+    assert [crops.corner(i) for i in range(20)] != [other_seed.corner(i) for i in range(20)]
+
+
+def test_a_window_camera_casts_the_rays_of_that_window_of_the_frame() -> None:
+    """What the teacher renders for a crop is exactly the crop of its whole-frame render, ray for ray."""
+    crops = ViewCrops.fit(FRAME, fraction=0.5, block=8, seed=0)
+    c2w = SphereViewSampler.fit(hemisphere_rig()).poses([0, 1, 2])
+    frame_rays = FRAME.cameras(c2w).generate_rays(camera_indices=torch.arange(3)[:, None])
+    window_rays = crops.cameras([0, 1, 2], c2w).generate_rays(camera_indices=torch.arange(3)[:, None])
+    for view in range(3):
+        top, left = crops.corner(view)
+        expected = frame_rays.directions[top : top + crops.height, left : left + crops.width, view]
+        torch.testing.assert_close(window_rays.directions[:, :, view], expected)
+
+
+def test_whole_frame_fraction_and_bad_fractions() -> None:
+    whole = ViewCrops.fit(FRAME, fraction=1.0, block=8, seed=0)
+    assert (whole.height, whole.width) == (80, 96) and whole.corner(7) == (0, 0)
+    with pytest.raises(ValueError, match="crop fraction"):
+        ViewCrops.fit(FRAME, fraction=0.0, block=8, seed=0)

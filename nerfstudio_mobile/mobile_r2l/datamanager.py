@@ -14,6 +14,7 @@ Evaluation (ns-eval, the viewer) uses the dataset's real val/test split, exactly
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -47,7 +48,7 @@ from nerfstudio_mobile.mobile_r2l.teacher import (
     read_teacher_config,
     teacher_ray_space,
 )
-from nerfstudio_mobile.mobile_r2l.views import PseudoViewSamplerConfig, make_view_sampler
+from nerfstudio_mobile.mobile_r2l.views import PseudoViewSamplerConfig, ViewCrops, make_view_sampler
 
 # MobileR2L's super-resolution factors per scene layout: 8× for 360 scenes, 12× for forward-facing ones.
 UPSCALE_FACTORS: dict[str, tuple[int, ...]] = {"360": (2, 2, 2), "forward-facing": (2, 2, 3)}
@@ -66,6 +67,9 @@ class PseudoViewDataManagerConfig(FullImageDatamanagerConfig):
     """Cache directory; default: <teacher run>/pseudo_views/<layout>-<N>-<H>x<W>-seed<seed>. Reused across runs."""
     pseudo_view_scale: float = 1.0
     """Resolution of the pseudo views relative to the training images (1.0 = full resolution, as the paper)."""
+    crop_fraction: float = 1.0
+    """Each pseudo view covers this fraction of the frame's sides, at a random place on the student's ray grid
+    (1.0 = whole frames, as the paper): the same teacher pixels buy 1/fraction² times more poses."""
     sampler: PseudoViewSamplerConfig = field(default_factory=PseudoViewSamplerConfig)
     """Where pseudo views are placed (layout auto-detected from the training cameras)."""
     images_per_batch: int = 54
@@ -122,6 +126,12 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
         self.finetune_from = float("inf")  # set from the trainer's step budget in get_training_callbacks
         self.generator = torch.Generator().manual_seed(config.sampler.seed)
         self.pseudo_views: PseudoViewDataset | None = None
+        scale = config.pseudo_view_scale
+        self.frame = self.pinhole.resized(round(self.pinhole.width * scale), round(self.pinhole.height * scale))
+        self.crops = None
+        if config.crop_fraction < 1:
+            block = math.prod(self.upscale_factors)
+            self.crops = ViewCrops.fit(self.frame, config.crop_fraction, block, config.sampler.seed)
         if test_mode == "val":  # training: make sure every pseudo view exists, then read them
             cache = build_pseudo_view_cache(config, self, shard=0, num_shards=1)
             near, far = cache.meta.extra["near_far"]
@@ -157,7 +167,9 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
         assert self.pseudo_views is not None
         views = self.pseudo_views.sample(self.config.images_per_batch, self.generator)
         meta = self.pseudo_views.cache.meta
-        cameras = meta.intrinsics.cameras(views.c2w)
+        cameras = (
+            self.crops.cameras(views.indices.tolist(), views.c2w) if self.crops else meta.intrinsics.cameras(views.c2w)
+        )
         batch = {"image": views.rgb.float() / 255.0, "depth": views.depth.float()}
         return cameras.to(self.device), {name: value.to(self.device) for name, value in batch.items()}
 
@@ -179,14 +191,14 @@ def build_pseudo_view_cache(
     Everything that decides a view's content goes into the cache's meta, so a cache is only ever reused
     for the same views, and any process or machine given the same config renders identical views."""
     assert config.teacher_config is not None
-    pinhole, scale = datamanager.pinhole, config.pseudo_view_scale
-    views = pinhole.resized(round(pinhole.width * scale), round(pinhole.height * scale))
-    sampler = datamanager.view_sampler
+    views, crops, sampler = datamanager.frame, datamanager.crops, datamanager.view_sampler
+    height, width = (crops.height, crops.width) if crops else (views.height, views.width)
     teacher_run = read_teacher_config(config.teacher_config)
+    windows = f"-of{views.height}x{views.width}" if crops else ""
     root = config.pseudo_view_dir or (
         Path(teacher_run.get_base_dir())
         / "pseudo_views"
-        / f"{sampler.layout}-{config.num_pseudo_views}-{views.height}x{views.width}-seed{sampler.seed}"
+        / f"{sampler.layout}-{config.num_pseudo_views}-{height}x{width}{windows}-seed{sampler.seed}"
     )
     teacher: Teacher | None = None
     near_far = datamanager.near_far
@@ -208,8 +220,8 @@ def build_pseudo_view_cache(
         raise TeacherError(f"--pipeline.datamanager.teacher-config: {error}") from error
     meta = CacheMeta(
         num_views=config.num_pseudo_views,
-        height=views.height,
-        width=views.width,
+        height=height,
+        width=width,
         fx=views.fx,
         fy=views.fy,
         cx=views.cx,
@@ -218,7 +230,11 @@ def build_pseudo_view_cache(
         seed=sampler.seed,
         # The teacher by its checkpoint's content, not by where its run sits: a moved or copied run keeps its cache.
         teacher=teacher_identity(teacher_run.method_name, *latest),
-        extra={"near_far": list(near_far), "sampler": sampler.to_dict()},
+        extra={
+            "near_far": list(near_far),
+            "sampler": sampler.to_dict(),
+            **({"crops": crops.to_dict()} if crops else {}),
+        },
     )
     cache = PseudoViewCache(root, meta)
     cache.verify(shard, num_shards)  # a view torn by a crash is set aside here, and rendered again below
@@ -227,8 +243,8 @@ def build_pseudo_view_cache(
         CONSOLE.print(f"Rendering pseudo views with the teacher into {root} (resumable; shard {shard}/{num_shards})")
         loaded = teacher
 
-        def render(c2w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            return loaded.render(views.cameras(c2w[None]))
+        def render(index: int, c2w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            return loaded.render((crops.intrinsics(index) if crops else views).cameras(c2w[None]))
 
         generate_views(cache, render, sampler.poses, shard=shard, num_shards=num_shards)
     return cache

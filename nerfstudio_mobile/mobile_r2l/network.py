@@ -3,7 +3,7 @@
     rays [B, C_in, h, w]
       -> stem: 1x1 conv C_in -> width, GELU                                   (x0)
       -> N residual blocks at width, plus one long skip: blocks(x0) + x0
-      -> super-resolution: 3 stages of [ConvTranspose2d (2x or 3x), 2 residual blocks], 64 -> 64 -> 16 ch
+      -> super-resolution: 3 stages of [ConvTranspose2d (1x, 2x or 3x), 2 residual blocks], 64 -> 64 -> 16 ch
       -> head: 1x1 conv 16 -> 3, sigmoid (RGB in [0, 1]); optional 1x1 conv 16 -> 1, softplus (depth)
     image [B, 3 or 4, h*s, w*s]
 
@@ -26,8 +26,8 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 # ConvTranspose2d (kernel, stride, padding): exactly s-times larger output; kernel divisible by stride avoids
-# checkerboard artefacts.
-_UPSAMPLE_LAYERS: dict[int, tuple[int, int, int]] = {2: (4, 2, 1), 3: (3, 3, 0)}
+# checkerboard artefacts. A 1x stage keeps the resolution: small frames need a finer ray grid, not more upscaling.
+_UPSAMPLE_LAYERS: dict[int, tuple[int, int, int]] = {1: (1, 1, 0), 2: (4, 2, 1), 3: (3, 3, 0)}
 _BLOCKS_PER_SR_STAGE = 2
 
 
@@ -42,7 +42,7 @@ class LightFieldNetworkConfig:
     sr_channels: tuple[int, int, int] = (64, 64, 16)
     """Channels of the super-resolution stages."""
     upscale_factors: tuple[int, ...] = (2, 2, 2)
-    """Per-stage upsampling: (2, 2, 2) = 8x for 360 scenes, (2, 2, 3) = 12x for forward-facing."""
+    """Per-stage upsampling: (2, 2, 2) = 8x for 360 scenes, (2, 2, 3) = 12x for forward-facing; 1 keeps the size."""
     predict_depth: bool = True
     """Add a fourth output channel with depth in scene units."""
 
@@ -62,7 +62,7 @@ class LightFieldNetworkConfig:
                 f"got {self.upscale_factors}"
             )
         if any(s not in _UPSAMPLE_LAYERS for s in self.upscale_factors):
-            raise ValueError(f"upscale factors must each be 2 or 3, got {self.upscale_factors}")
+            raise ValueError(f"upscale factors must each be 1, 2 or 3, got {self.upscale_factors}")
 
 
 def conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:

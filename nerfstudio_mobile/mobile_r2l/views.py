@@ -19,8 +19,11 @@ from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Literal
 
 import torch
+from nerfstudio.cameras.cameras import Cameras, CameraType
 from torch import Tensor
 from torch.nn.functional import normalize
+
+from nerfstudio_mobile.common.intrinsics import Intrinsics
 
 Layout = Literal["360", "forward-facing"]
 
@@ -218,6 +221,62 @@ class ForwardFacingViewSampler(ViewSampler):
         position = _lerp(self.position_low, self.position_high, uniforms[:3])
         direction = normalize(_lerp(self.direction_low, self.direction_high, uniforms[3:]), dim=0)
         return _c2w_from_axes(-direction, torch.tensor(self.up, dtype=torch.float64), position)
+
+
+@dataclass(frozen=True)
+class ViewCrops:
+    """The part of its frame each pseudo view covers. The teacher renders, and the student learns from, a
+    `height`×`width` window of the frame whose corner is a pure function of (seed, index) and lies on the
+    student's ray grid (multiples of `block` pixels): the same teacher pixels buy many more poses, and the
+    student's 1×1 convs and local super-resolution see every window as they see that part of a whole frame."""
+
+    frame: Intrinsics
+    height: int
+    width: int
+    block: int
+    seed: int
+
+    @classmethod
+    def fit(cls, frame: Intrinsics, fraction: float, block: int, seed: int) -> ViewCrops:
+        """Windows of `fraction` of the frame's sides, rounded to whole blocks (at least one)."""
+        if not 0 < fraction <= 1:
+            raise ValueError(f"the crop fraction must lie in (0, 1], got {fraction}")
+
+        def side(pixels: int) -> int:
+            return min(pixels // block, max(1, round(pixels * fraction / block))) * block
+
+        return cls(frame, side(frame.height), side(frame.width), block, seed)
+
+    def corner(self, index: int) -> tuple[int, int]:
+        """(top, left) pixel of view `index`'s window."""
+        generator = torch.Generator().manual_seed(view_seed(self.seed, index) ^ _CROP_SALT)
+        rows = (self.frame.height - self.height) // self.block + 1
+        columns = (self.frame.width - self.width) // self.block + 1
+        top, left = (int(torch.randint(n, (1,), generator=generator)) * self.block for n in (rows, columns))
+        return top, left
+
+    def intrinsics(self, index: int) -> Intrinsics:
+        """The window of view `index` as a camera of its own: the frame's focal length, principal point shifted."""
+        top, left = self.corner(index)
+        frame = self.frame
+        return Intrinsics(frame.fx, frame.fy, frame.cx - left, frame.cy - top, self.width, self.height)
+
+    def cameras(self, indices: Sequence[int], c2w: Tensor) -> Cameras:
+        """The windows of views `indices` at their poses c2w [B, 3, 4] (one size, per-view principal points)."""
+        windows = [self.intrinsics(index) for index in indices]
+        return Cameras(
+            camera_to_worlds=c2w.float(), fx=self.frame.fx, fy=self.frame.fy,
+            cx=torch.tensor([[w.cx] for w in windows]), cy=torch.tensor([[w.cy] for w in windows]),
+            width=self.width, height=self.height, camera_type=CameraType.PERSPECTIVE,
+        )  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        """What decides the windows (JSON-ready, for a cache's identity)."""
+        return {"frame": [self.frame.height, self.frame.width], "block": self.block}
+
+
+# Keeps a view's window independent of its pose's random numbers.
+_CROP_SALT = 0x5EED_C409
 
 
 @dataclass

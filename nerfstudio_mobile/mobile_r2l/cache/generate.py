@@ -27,7 +27,7 @@ RenderOutput = tuple[Tensor | np.ndarray, Tensor | np.ndarray, Tensor | np.ndarr
 
 def generate_views(
     cache: PseudoViewCache,
-    render_fn: Callable[[Tensor], RenderOutput],
+    render_fn: Callable[[int, Tensor], RenderOutput],
     poses_fn: Callable[[Sequence[int]], Tensor],
     shard: int = 0,
     num_shards: int = 1,
@@ -35,7 +35,7 @@ def generate_views(
 ) -> int:
     """Render and store the views of `shard` that are missing (or corrupt); returns how many were rendered.
 
-    render_fn: c2w [3, 4] -> (rgb [H, W, 3], depth [H, W], accumulation [H, W] or None).
+    render_fn: (view index, c2w [3, 4]) -> (rgb [H, W, 3], depth [H, W], accumulation [H, W] or None).
     poses_fn: view indices -> their c2w [len, 3, 4], a pure function of the index (see
     `ViewSampler.poses`), so a killed run resumes where it stopped and shards can run in separate processes.
     """
@@ -57,7 +57,7 @@ def generate_views(
     with Progress(*columns, disable=not progress) as bar, torch.no_grad():
         task = bar.add_task("render", total=len(todo), shard=f"{shard}/{num_shards}")
         for index, c2w in zip(todo, poses, strict=True):
-            rgb, depth, accumulation = render_fn(c2w)
+            rgb, depth, accumulation = render_fn(index, c2w)
             cache.write(index, rgb, depth, c2w, accumulation)
             bar.advance(task)
     return len(todo)
