@@ -34,6 +34,8 @@ class MobileR2LModelConfig(ModelConfig):
     """Backbone and super-resolution (input channels follow the encoding; upscale factors the scene layout)."""
     depth_loss_weight: float = 0.1
     """Weight of the distilled-depth loss (depth / far, on pixels where the teacher saw a surface)."""
+    jitter: bool = True
+    """Training draws each ray's K depths at random inside their bins (R2L's perturb); evaluation uses bin edges."""
     cpu_bf16: bool = True
     """On CPUs, run the network in bfloat16 (the ray encoding always stays fp32)."""
     enable_collider: bool = False
@@ -80,7 +82,7 @@ class MobileR2LModel(Model):
     def get_outputs(self, cameras: Cameras) -> dict[str, Tensor]:  # type: ignore[override]
         """[B] cameras -> rgb [B, H, W, 3], depth [B, H, W, 1]. A grid that overshoots H×W is cropped: the
         block of low-res pixel (i, j) covers the same pixels as in the requested camera."""
-        encoded, (height, width) = self.encode(cameras, jitter=self.training)
+        encoded, (height, width) = self.encode(cameras, jitter=self.training and self.config.jitter)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.cpu_bf16 and self.device.type == "cpu"):
             out = self.network(encoded)
         out = out.float()[:, :, :height, :width].permute(0, 2, 3, 1)
