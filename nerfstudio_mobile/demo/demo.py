@@ -7,7 +7,9 @@
 Every stage is resumable: finished stages are skipped, an interrupted training resumes from its last
 checkpoint. `--data` takes a real Blender, nerfstudio or LLFF scene instead of the generated one, and trains on
 a copy shrunk to `--max-image-size` (the teacher renders every pixel of every pseudo view, so pixels are time).
-Before anything trains, it prints how long this run and the paper-scale run would take on this machine.
+Before anything trains, it prints how long this run and the paper-scale run would take on this machine. Then
+each stage shows a progress bar; what nerfstudio and the libraries print (config dumps, warnings) goes to
+<output dir>/demo.log.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ import copy
 import itertools
 import json
 import math
+import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -28,22 +32,33 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
 from nerfstudio.utils import colormaps
 from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from nas_nerf.cell import FieldCellConfig
 from nas_nerf.configs import nas_nerf_trainer
 from nerfstudio_mobile.common.checkpoints import checkpoint_steps
-from nerfstudio_mobile.common.cli import run_cli
+from nerfstudio_mobile.common.cli import UsageError, run_cli
 from nerfstudio_mobile.common.compat import default_device_type
+from nerfstudio_mobile.common.console_capture import output_to_log
 from nerfstudio_mobile.common.intrinsics import without_distortion
 from nerfstudio_mobile.common.runs import load_run
 from nerfstudio_mobile.common.timing import median_seconds
-from nerfstudio_mobile.common.trainer import fixed_run
+from nerfstudio_mobile.common.trainer import fixed_run, train
 from nerfstudio_mobile.data.formats import dataparser_for
 from nerfstudio_mobile.data.scene_copies import downscaled_copy
 from nerfstudio_mobile.data.scenes import SceneConfig, generate_scene
 from nerfstudio_mobile.demo.run_estimate import CostRates, RunPlan, paper_plan, plan_line
 from nerfstudio_mobile.export.errors import MissingDependencyError
+from nerfstudio_mobile.mobile_r2l.cache.generate import VIEWS_RENDERED
 from nerfstudio_mobile.mobile_r2l.configs import mobile_r2l_trainer
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetworkConfig, prepare_for_inference
 from nerfstudio_mobile.mobile_r2l.views import SphereViewSampler
@@ -53,6 +68,13 @@ IMAGES_PER_BATCH = 8
 """Whole pseudo views per student step."""
 DISPLAY_SIZE = 256
 """Pixels a panel of comparison.png is enlarged to (training frames are small on a CPU)."""
+TEACHER, VIEWS, STUDENT = "teacher training", "pseudo views", "student training"
+EVALUATION, EXPORT = "evaluation", "export"
+"""The stages, in this order, each with its progress bar."""
+EVALUATION_PARTS = 5
+"""How many parts `evaluate` reports to its `part` callback."""
+EXPORT_PARTS = 2
+"""How many parts `export_student` reports: Core ML and ONNX."""
 
 
 @dataclass
@@ -89,22 +111,55 @@ class Demo:
         started = time.perf_counter()
         root = self.output_dir.resolve()
         data = self.scene_data(root)
-        teacher = self.teacher_config(data, root)
-        plans = {"this_run": self.plan(teacher), "paper": paper_plan(self.student.upscale_factors)}
-        # the paper's vanilla-NeRF teacher is timed on 16² rays: 64² would take 20 s here
-        rates = {"this_run": CostRates.measure(plans["this_run"]), "paper": CostRates.measure(plans["paper"], 16)}
-        CONSOLE.print(self.plan_text(plans, rates, data, root))
-        teacher_config = train_stage(teacher)
-        student_config = train_stage(self.student_config(teacher_config, root))
-        summary = evaluate(teacher_config, student_config, root)
-        summary["estimated_hours"] = {name: plan.hours(rates[name]) for name, plan in plans.items()}
-        summary["exports"] = export_student(student_config, root / "export", summary["frame"], summary["upscale"])
+        teacher = self.teacher_config(data, root)  # a folder that is no scene fails here, before any log is written
+        log = root / "demo.log"
+        try:
+            with output_to_log(log) as terminal:
+                summary = self.run_stages(teacher, data, root, terminal)
+        except UsageError:
+            raise  # run_cli says what to do, on one line
+        except KeyboardInterrupt:
+            CONSOLE.print(f"[yellow]Interrupted: the same command resumes where it stopped. Log: {log}")
+            sys.exit(130)
+        except Exception as error:
+            message = f"{type(error).__name__}: {error}".splitlines()[0]
+            CONSOLE.print(f"[bold red]ns-mobile-demo:[/] {escape(message)} (traceback in {log})", soft_wrap=True)
+            sys.exit(1)
         summary["total_minutes"] = (time.perf_counter() - started) / 60
         (root / "summary.json").write_text(json.dumps(summary, indent=2))
         CONSOLE.print(summary_table(summary))
-        CONSOLE.print(
-            f"Pictures: {root / 'comparison.png'} and {root / 'turntable.gif'}; numbers: {root / 'summary.json'}"
-        )
+        lines = [f"Pictures: {root / 'comparison.png'} and {root / 'turntable.gif'}",
+                 f"Numbers: {root / 'summary.json'}", f"Full log (nerfstudio's output, warnings): {log}"]  # fmt: skip
+        CONSOLE.print("\n".join(lines), soft_wrap=True)  # paths whole, to copy
+
+    def run_stages(self, teacher: TrainerConfig, data: Path, root: Path, terminal: Console) -> dict:
+        """The run estimate, then every stage under its progress bar. Returns the summary (main adds the total time)."""
+        plans = {"this_run": self.plan(teacher), "paper": paper_plan(self.student.upscale_factors)}
+        # the paper's vanilla-NeRF teacher is timed on 16² rays: 64² would take 20 s here
+        rates = {"this_run": CostRates.measure(plans["this_run"]), "paper": CostRates.measure(plans["paper"], 16)}
+        terminal.print(self.plan_text(plans, rates, data, root))
+        totals = {TEACHER: self.teacher_steps, VIEWS: self.pseudo_views, STUDENT: self.student_steps,
+                  EVALUATION: EVALUATION_PARTS, EXPORT: EXPORT_PARTS}  # fmt: skip
+        with StageBars(terminal, totals) as bars:
+            teacher_config = train_stage(teacher, bars, TEACHER)
+            # the student's datamanager renders the views a previous run has not cached, in the student's set-up
+            views = VIEWS_RENDERED.set(lambda rendered, todo: bars.update(VIEWS, self.pseudo_views - todo + rendered))
+            try:
+                student_config = train_stage(self.student_config(teacher_config, root), bars, STUDENT)
+            finally:
+                VIEWS_RENDERED.reset(views)
+            summary = evaluate(teacher_config, student_config, root, bars.parts(EVALUATION))
+            bars.finish(EVALUATION)
+            summary["estimated_hours"] = {name: plan.hours(rates[name]) for name, plan in plans.items()}
+            try:
+                frame, upscale = summary["frame"], summary["upscale"]
+                summary["exports"] = export_student(student_config, root / "export", frame, upscale, bars.parts(EXPORT))
+                bars.finish(EXPORT)
+            except MissingDependencyError as error:  # the export extra is optional; the rest of the demo is not
+                bars.finish(EXPORT, "skipped")
+                terminal.print(f"[yellow]Export skipped: {escape(str(error))}")
+                summary["exports"] = []
+        return summary
 
     def scene_data(self, root: Path) -> Path:
         """The generated scene, or --data (a shrunk copy of it when its images are larger than max_image_size)."""
@@ -180,35 +235,82 @@ def _with_dir(scene: SceneConfig, output_dir: Path) -> SceneConfig:
     return SceneConfig(**{**vars(scene), "output_dir": output_dir})
 
 
-def train_stage(config: TrainerConfig) -> Path:
-    """Train unless finished; resume from the last checkpoint if interrupted. Returns the config.yml."""
-    from nerfstudio.scripts.train import main as ns_train  # binds the method list: import after plugins load
+class StageBars:
+    """One progress bar per stage (steps done, elapsed, time left), all listed from the start. Stages run in order,
+    so one that has not started when a later one does was finished by an earlier run: it is shown as such."""
 
+    def __init__(self, console: Console, totals: dict[str, int]) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description:<16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            TextColumn("left"), TimeRemainingColumn(), TextColumn("[dim]{task.fields[note]}"), console=console,
+            redirect_stdout=False, redirect_stderr=False,  # what libraries print goes to the log, not above the bars
+        )  # fmt: skip
+        self.tasks = {stage: self.progress.add_task(stage, total=total, start=False, note="")
+                      for stage, total in totals.items()}  # fmt: skip
+        self.totals, self.started = totals, set[str]()
+
+    def __enter__(self) -> StageBars:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.progress.stop()
+
+    def update(self, stage: str, completed: int, note: str = "") -> None:
+        if stage not in self.started:
+            for earlier in itertools.takewhile(lambda name: name != stage, self.tasks):
+                if earlier not in self.started:
+                    self.finish(earlier)
+            self.started.add(stage)
+            self.progress.start_task(self.tasks[stage])
+        self.progress.update(self.tasks[stage], completed=completed, note=note)
+
+    def parts(self, stage: str) -> Callable[[str], None]:
+        """A callback for a stage done in named parts: part(name) as each begins."""
+        begun = itertools.count()
+        return lambda name: self.update(stage, next(begun), name)
+
+    def finish(self, stage: str, note: str | None = None) -> None:
+        if note is None:
+            note = "" if stage in self.started else "done earlier"
+        self.started.add(stage)
+        self.progress.start_task(self.tasks[stage])  # a started task stops its clock when complete: 0:00:00 left
+        self.progress.update(self.tasks[stage], completed=self.totals[stage], note=note)
+
+
+def train_stage(config: TrainerConfig, bars: StageBars, stage: str) -> Path:
+    """Train unless finished; resume from the last checkpoint if interrupted. Returns the config.yml."""
     config_path = config.get_base_dir() / "config.yml"
     steps = checkpoint_steps(config.get_checkpoint_dir())
     last_step = steps[-1] if steps else -1
     if last_step >= config.max_num_iterations - 1:
-        CONSOLE.print(f"[green]{config.experiment_name}: already trained ({config_path})")
+        bars.finish(stage)
         return config_path
+    note = ""
     if steps:
-        CONSOLE.print(f"[yellow]{config.experiment_name}: resuming from step {last_step}")
+        note = f"resumed after {last_step + 1} steps"
         config.load_dir = config.get_checkpoint_dir()
         # nerfstudio runs max_num_iterations steps *after* the loaded one: ask only for what is left
         config.max_num_iterations -= last_step + 1
-    CONSOLE.rule(f"training the {config.experiment_name} ({config.method_name}, {config.max_num_iterations} steps)")
-    ns_train(config)
+    config.logging.local_writer.enable = False  # the bar replaces its step table, whose cursor moves garble the log
+    train(config, lambda step: bars.update(stage, step + 1, note))
+    bars.finish(stage)
     return config_path
 
 
-def evaluate(teacher_config: Path, student_config: Path, root: Path) -> dict:
-    """Test-split metrics of both, one-frame latency of both, and the pictures."""
+def evaluate(teacher_config: Path, student_config: Path, root: Path, part: Callable[[str], None]) -> dict:
+    """Test-split metrics of both, one-frame latency of both, and the pictures; part(name) as each of the
+    EVALUATION_PARTS begins."""
+    part("loading the runs")
     teacher_run, teacher, _ = load_run(teacher_config)
     _, student, _ = load_run(student_config)
+    part("test-split metrics")
     summary = {
         name: {key: value for key, value in run.get_average_eval_image_metrics().items() if math.isfinite(value)}
         for name, run in (("teacher", teacher), ("student", student))
     }  # an offline LPIPS stand-in scores NaN: left out
     summary["teacher_method"] = teacher_run.method_name
+    part("latency")
     camera, _ = next(iter(student.datamanager.fixed_indices_eval_dataloader))
     with torch.no_grad():
         pinhole = without_distortion(camera)
@@ -222,14 +324,19 @@ def evaluate(teacher_config: Path, student_config: Path, root: Path) -> dict:
     summary["frame"] = [int(camera.height), int(camera.width)]
     summary["upscale"] = model.network.config.upscale
     summary["student"]["params"] = sum(p.numel() for p in model.network.parameters())
+    part("comparison.png")
     write_comparison(teacher, student, root / "comparison.png")
+    part("turntable.gif")
     write_turntable(student, root / "turntable.gif")
     return summary
 
 
-def export_student(student_config: Path, directory: Path, frame: list[int], upscale: int) -> list[dict]:
+def export_student(
+    student_config: Path, directory: Path, frame: list[int], upscale: int, part: Callable[[str], None]
+) -> list[dict]:
     """The phone packages: Core ML (fp16 and 4-bit palettized) and ONNX, pose input, each verified against torch,
-    at the frame size rounded to whole super-resolution blocks (exported models have static shapes)."""
+    at the frame size rounded to whole super-resolution blocks (exported models have static shapes); part(name) as
+    each of the EXPORT_PARTS begins. Raises MissingDependencyError without the export extra."""
     from nerfstudio_mobile.export.cli import CoreMLExport, OnnxExport
     from nerfstudio_mobile.export.sidecar import nearest_multiple
 
@@ -237,12 +344,11 @@ def export_student(student_config: Path, directory: Path, frame: list[int], upsc
     modes = ("pose",)  # re-running the demo refreshes the packages: overwrite
     coreml = CoreMLExport(student_config, directory / "coreml", modes, size, overwrite=True,
                           compressions=("none", "palettize4"))  # fmt: skip
-    exports = [coreml, OnnxExport(student_config, directory / "onnx", modes, size, overwrite=True)]
-    try:
-        exported = [file for export in exports for file in export.run()]
-    except MissingDependencyError as error:  # the export extra is optional; the rest of the demo is not
-        CONSOLE.print(f"[yellow]Export skipped: {error}")
-        return []
+    onnx = OnnxExport(student_config, directory / "onnx", modes, size, overwrite=True)
+    exported = []
+    for name, export in (("Core ML", coreml), ("ONNX", onnx)):
+        part(name)
+        exported += export.run()
     return [{"file": str(file.path), "weights": file.weights, "megabytes": file.size_bytes / 1e6,
              "verified": file.verification.passed} for file in exported]  # fmt: skip
 

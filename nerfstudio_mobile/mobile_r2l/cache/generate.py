@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextvars import ContextVar
 
 import numpy as np
 import torch
@@ -23,6 +24,10 @@ from nerfstudio_mobile.mobile_r2l.cache.store import PseudoViewCache
 
 # What render functions return: rgb [H, W, 3], depth [H, W] (or [H, W, 1]), accumulation or None.
 RenderOutput = tuple[Tensor | np.ndarray, Tensor | np.ndarray, Tensor | np.ndarray | None]
+
+VIEWS_RENDERED: ContextVar[Callable[[int, int], None] | None] = ContextVar("views_rendered", default=None)
+"""Told (views rendered, views to render) after each view. A context variable, not an argument: callers such as
+ns-mobile-demo's progress bars sit above the datamanager that calls generate_views."""
 
 
 def generate_views(
@@ -45,6 +50,7 @@ def generate_views(
     if not todo:
         return 0
     poses = poses_fn(todo)
+    views_rendered = VIEWS_RENDERED.get()
     columns = (
         TextColumn("[bold]pseudo views[/bold] shard {task.fields[shard]}"),
         BarColumn(),
@@ -56,10 +62,12 @@ def generate_views(
     )
     with Progress(*columns, disable=not progress) as bar, torch.no_grad():
         task = bar.add_task("render", total=len(todo), shard=f"{shard}/{num_shards}")
-        for index, c2w in zip(todo, poses, strict=True):
+        for rendered, (index, c2w) in enumerate(zip(todo, poses, strict=True), 1):
             rgb, depth, accumulation = render_fn(index, c2w)
             cache.write(index, rgb, depth, c2w, accumulation)
             bar.advance(task)
+            if views_rendered is not None:
+                views_rendered(rendered, len(todo))
     return len(todo)
 
 
