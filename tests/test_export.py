@@ -1,10 +1,13 @@
 """`ns-export-mobile`: Core ML and ONNX exports of the tiny student, verified by executing them.
 
-One fp16 conversion per input mode; the compressed variants derive from the `pose` one (the harder graph).
+One fp16 conversion per input mode (and deployment target); the compressed variants derive from the `pose` one
+(the harder graph). Int8 activations (Core ML w8a8, ONNX int8) are calibrated on a few of the student's pseudo
+views.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import sys
@@ -17,18 +20,38 @@ import torch
 import tyro
 
 from nerfstudio_mobile.common.files import atomic_dir
+from nerfstudio_mobile.export.calibration import calibration_cameras
 from nerfstudio_mobile.export.cli import Commands, CoreMLExport, OnnxExport, check_output_dir, entrypoint
 from nerfstudio_mobile.export.dependencies import require, require_coremltools
-from nerfstudio_mobile.export.errors import GridShapeError, MissingDependencyError, NotAStudentError, OutputExistsError
+from nerfstudio_mobile.export.errors import (
+    CalibrationError,
+    CompressionError,
+    GridShapeError,
+    MissingDependencyError,
+    NotAStudentError,
+    OutputExistsError,
+)
 from nerfstudio_mobile.export.graphs import export_graph, graph_input
 from nerfstudio_mobile.export.pipeline import ExportedFile, export_coreml_files, export_onnx_files
-from nerfstudio_mobile.export.sidecar import COMPRESSIONS, SIDECAR_KEY, ExportFrame, export_frame
+from nerfstudio_mobile.export.sidecar import (
+    COMPRESSIONS,
+    GROUPED_PALETTES,
+    SIDECAR_KEY,
+    ExportFrame,
+    WeightFormat,
+    export_frame,
+    weight_format,
+)
 from nerfstudio_mobile.export.student import Student, load_student
-from nerfstudio_mobile.export.verify import MIN_PSNR, view_cases
+from nerfstudio_mobile.export.verify import MIN_PSNR, min_psnr, view_cases
+from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, LightFieldNetworkConfig
 
 CoreMLFiles = dict[tuple[str, str], ExportedFile]
 """(input mode, weights) -> exported package."""
-OnnxFiles = dict[str, ExportedFile]
+OnnxFiles = dict[tuple[str, str], ExportedFile]
+"""(input mode, weights: fp32 or w8a8) -> exported file."""
+CALIBRATION_VIEWS = 4
+"""Pseudo views that calibrate int8 activations here (the tiny student's cache holds 40)."""
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,14 +77,16 @@ def frame(student: Student) -> ExportFrame:
 def coreml_files(student: Student, frame: ExportFrame, tmp_path_factory: pytest.TempPathFactory) -> CoreMLFiles:
     directory = tmp_path_factory.mktemp("coreml")
     exported = export_coreml_files(student, frame, ["rays"], ["none"], directory)
-    exported += export_coreml_files(student, frame, ["pose"], COMPRESSIONS, directory)
+    formats = (*COMPRESSIONS, *GROUPED_PALETTES, "w8a8")
+    exported += export_coreml_files(student, frame, ["pose"], formats, directory, CALIBRATION_VIEWS)
     return {(file.mode, file.weights): file for file in exported}
 
 
 @pytest.fixture(scope="module")
 def onnx_files(student: Student, frame: ExportFrame, tmp_path_factory: pytest.TempPathFactory) -> OnnxFiles:
-    exported = export_onnx_files(student, frame, ["rays", "pose"], tmp_path_factory.mktemp("onnx"))
-    return {file.mode: file for file in exported}
+    directory = tmp_path_factory.mktemp("onnx")
+    exported = export_onnx_files(student, frame, ["rays", "pose"], directory, ("none", "int8"), CALIBRATION_VIEWS)
+    return {(file.mode, file.weights): file for file in exported}
 
 
 @pytest.mark.slow
@@ -196,7 +221,7 @@ def test_swapped_layer_fails_verification(student: Student, frame: ExportFrame, 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["rays", "pose"])
 def test_onnx_matches_torch(onnx_files: OnnxFiles, mode: str) -> None:
-    exported = onnx_files[mode]
+    exported = onnx_files[mode, "fp32"]
     assert exported.verification.problems == []
     assert exported.verification.passed
     assert exported.verification.fidelity.max_abs_rgb < 1e-4
@@ -274,6 +299,12 @@ def test_missing_optional_dependencies_say_what_to_install(monkeypatch: pytest.M
     monkeypatch.setitem(sys.modules, "sklearn", None)
     with pytest.raises(MissingDependencyError, match="scikit-learn"):
         compress(object(), "palettize4")
+    # ONNX int8 needs onnxruntime's quantization extra (ml-dtypes); fp32 ONNX does not.
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)
+    monkeypatch.delitem(sys.modules, "nerfstudio_mobile.export.onnx_int8", raising=False)
+    OnnxExport(load_config=Path("config.yml"), output_dir=Path("out")).require_dependencies()
+    with pytest.raises(MissingDependencyError, match="pip install ml-dtypes"):
+        OnnxExport(load_config=Path("config.yml"), output_dir=Path("out"), quantize=("int8",)).require_dependencies()
 
 
 @pytest.mark.unit
@@ -304,3 +335,199 @@ def test_output_size_must_be_whole_blocks(student: Student, frame: ExportFrame) 
     assert (larger.grid.height, larger.grid.width) == (12, 8)
     assert larger.output.fy == pytest.approx(2 * frame.output.fy)
     assert larger.output.fx == pytest.approx(frame.output.fx * 64 / 48)
+
+
+# Int8 and per-grouped-channel exports (issue 15).
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("weights", GROUPED_PALETTES)
+def test_grouped_palettes_verify_on_ios18(coreml_files: CoreMLFiles, weights: str) -> None:
+    """palettize<n>-g16: one look-up table per 16 output channels, read back and executed by the interpreter."""
+    from nerfstudio_mobile.export.mil import read_package
+
+    exported = coreml_files["pose", weights]
+    verification = exported.verification
+    assert verification.problems == []  # includes: iOS 18 spec, every large weight a grouped palette of n bits
+    assert verification.passed, verification.failures
+    assert verification.fidelity.psnr > min_psnr(weights)
+    assert exported.size_bytes < coreml_files["pose", "fp16"].size_bytes
+    luts = [op for op in read_package(exported.path).main.operations if op.op_type == "constexpr_lut_to_dense"]
+    assert luts and all(op.inputs["lut"].shape[-2] == 2 ** weight_format(weights).bits for op in luts[1:])
+
+
+@pytest.mark.slow
+def test_fewer_palette_bits_give_smaller_grouped_packages(coreml_files: CoreMLFiles) -> None:
+    palettes = [coreml_files["pose", weights] for weights in ("palettize4", *GROUPED_PALETTES)]
+    sizes = [file.size_bytes for file in palettes[1:]]
+    assert sizes == sorted(sizes, reverse=True)
+    # A palette per 16 channels fits the weights at least as well as one per tensor with the same bits.
+    assert palettes[1].verification.fidelity.psnr >= palettes[0].verification.fidelity.psnr - 1.0
+
+
+@pytest.mark.slow
+def test_w8a8_package_quantizes_activations_and_verifies(coreml_files: CoreMLFiles) -> None:
+    from nerfstudio_mobile.export.mil import read_package
+
+    exported = coreml_files["pose", "w8a8"]
+    verification = exported.verification
+    assert verification.problems == []  # includes: iOS 17, int8 weights, int8 activations into every conv but the stem
+    assert verification.passed, verification.failures
+    assert verification.fidelity.psnr > MIN_PSNR["w8a8"]
+    ops = [op.op_type for op in read_package(exported.path).main.operations]
+    assert ops.count("quantize") > 0 and ops.count("dequantize") >= ops.count("quantize")
+    assert json.loads(exported.path.with_suffix(".json").read_text())["weights"] == "w8a8"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["rays", "pose"])
+def test_onnx_int8_matches_torch(onnx_files: OnnxFiles, mode: str) -> None:
+    """Static S8S8 QDQ, run by onnxruntime on the held-out test views."""
+    exported = onnx_files[mode, "w8a8"]
+    assert exported.path.name.endswith(f"-{mode}-int8.onnx")
+    assert exported.verification.problems == []  # includes: QDQ int8 activations and per-channel int8 weights
+    assert exported.verification.passed, exported.verification.failures
+    assert exported.size_bytes < 0.5 * onnx_files[mode, "fp32"].size_bytes
+    assert json.loads(exported.path.with_suffix(".json").read_text())["weights"] == "w8a8"
+
+
+def _negate_stored(path: Path, stored: np.ndarray) -> None:
+    """Negate an array where the package's weight.bin stores it verbatim."""
+    weight_file = next(path.rglob("weight.bin"))
+    data = bytearray(weight_file.read_bytes())
+    offset = bytes(data).find(stored.tobytes())
+    assert offset > 0, "the array should be stored verbatim"
+    data[offset : offset + stored.nbytes] = (-stored).tobytes()
+    weight_file.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("weights", "op_type", "stored"),
+    [("palettize4-g16", "constexpr_lut_to_dense", "lut"), ("w8a8", "constexpr_affine_dequantize", "quantized_data")],
+)
+def test_altered_quantized_weights_fail_verification(
+    coreml_files: CoreMLFiles,
+    student: Student,
+    frame: ExportFrame,
+    tmp_path: Path,
+    weights: str,
+    op_type: str,
+    stored: str,
+) -> None:
+    """Negate the stored palettes / int8 values of the first conv-transpose in weight.bin: the PSNR collapses."""
+    from nerfstudio_mobile.export.coreml_verify import verify_coreml
+    from nerfstudio_mobile.export.mil import read_package
+
+    exported = coreml_files["pose", weights]
+    path = tmp_path / exported.path.name
+    shutil.copytree(exported.path, path)
+    operations = list(read_package(path).main.operations)
+    upsample = next(op for op in operations if op.op_type == "conv_transpose")
+    compressed = upsample.inputs["weight"].op
+    assert compressed.op_type == op_type
+    _negate_stored(path, compressed.inputs[stored].val)
+    sidecar = json.loads(exported.path.with_suffix(".json").read_text())
+    cases = view_cases(student, frame, "pose")
+    verification = verify_coreml(path, frame, "pose", weights, exported.params, sidecar, cases)
+    assert not verification.passed
+    assert verification.fidelity.psnr < min_psnr(weights) - 5
+
+
+@pytest.mark.slow
+def test_altered_onnx_int8_weights_fail_verification(
+    onnx_files: OnnxFiles, student: Student, frame: ExportFrame, tmp_path: Path
+) -> None:
+    """Negate the int8 weights of the first ConvTranspose, and check an fp32 file against the int8 layout."""
+    import onnx
+
+    from nerfstudio_mobile.export.onnx import verify_onnx
+
+    exported = onnx_files["rays", "w8a8"]
+    model = onnx.load(str(exported.path))
+    producers = {output: node for node in model.graph.node for output in node.output}
+    upsample = next(node for node in model.graph.node if node.op_type == "ConvTranspose")
+    weight_name = producers[upsample.input[1]].input[0]  # DequantizeLinear(int8 initializer, scale, zero point)
+    initializer = next(tensor for tensor in model.graph.initializer if tensor.name == weight_name)
+    int8 = onnx.numpy_helper.to_array(initializer)
+    assert int8.dtype == np.int8
+    initializer.CopyFrom(onnx.numpy_helper.from_array(-int8, weight_name))
+    path = tmp_path / exported.path.name
+    onnx.save(model, str(path))
+    sidecar = json.loads(exported.path.with_suffix(".json").read_text())
+    cases = view_cases(student, frame, "rays")
+    verification = verify_onnx(path, frame, "rays", sidecar, cases, "w8a8")
+    assert not verification.passed
+    assert verification.fidelity.psnr < MIN_PSNR["w8a8"] - 5
+    fp32 = onnx_files["rays", "fp32"]
+    fp32_sidecar = json.loads(fp32.path.with_suffix(".json").read_text())
+    as_int8 = verify_onnx(fp32.path, frame, "rays", fp32_sidecar, cases, "w8a8")
+    assert any("does not read int8 activation" in problem for problem in as_int8.problems)
+
+
+@pytest.mark.slow
+def test_calibration_reads_the_pseudo_view_cache(student: Student, frame: ExportFrame) -> None:
+    """The calibration poses are those of the cached pseudo views; without the cache, one line says what to do."""
+    from nerfstudio_mobile.mobile_r2l.cache import PseudoViewCache
+
+    assert student.pseudo_views is not None
+    cameras = calibration_cameras(student, frame, CALIBRATION_VIEWS)
+    cache = PseudoViewCache.open(student.pseudo_views)
+    expected = torch.stack([cache.read(index).c2w for index in cache.indices()[:CALIBRATION_VIEWS]])
+    assert torch.equal(torch.cat([camera.camera_to_worlds for camera in cameras]), expected)
+    assert (int(cameras[0].height), int(cameras[0].width)) == (frame.output.height, frame.output.width)
+    with pytest.raises(CalibrationError, match="pseudo views"):
+        calibration_cameras(dataclasses.replace(student, pseudo_views=None), frame, CALIBRATION_VIEWS)
+
+
+@pytest.mark.unit
+def test_compression_names_parse_or_are_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert weight_format("palettize3-g16") == WeightFormat("palette", 3, 16)
+    assert weight_format("palettize4") == WeightFormat("palette", 4)
+    assert weight_format("w8a8") == WeightFormat("w8a8", 8)
+    for name in ("palettize3", "palettize5-g16", "palettize4-g0", "int4"):
+        with pytest.raises(CompressionError, match="not a weight format"):
+            weight_format(name)
+    argv = ["coreml", "--load-config", str(tmp_path / "config.yml"), "--compressions", "none", "palettize3"]
+    assert "palettize4-g16" in refusal(argv, tmp_path / "x", monkeypatch, capsys)  # before the run is read
+
+
+@pytest.mark.unit
+def test_group_size_must_divide_the_compressed_layers() -> None:
+    from nerfstudio_mobile.export.coreml import check_group_size
+
+    network = LightFieldNetwork(LightFieldNetworkConfig(in_channels=312, width=64, num_blocks=1))
+    check_group_size(network, "palettize4-g16")  # 64, 64, 64 and 16 output channels
+    with pytest.raises(CompressionError, match="do not divide the network's 16-channel layers.*e.g. 16"):
+        check_group_size(network, "palettize4-g32")
+
+
+@pytest.mark.unit
+def test_interpreter_expands_grouped_palettes_and_quantizes_like_coremltools() -> None:
+    """The MIL interpreter's iOS18 constexpr_lut_to_dense and iOS17 quantize / dequantize against coremltools'
+    own value inference, on a program built here."""
+    from coremltools.converters.mil import Builder as mb
+    from coremltools.converters.mil.mil import types
+
+    from nerfstudio_mobile.export.mil import OPS, OpArgs, ct
+
+    rng = np.random.default_rng(0)
+    indices = rng.integers(0, 8, size=(8, 6, 2, 2)).astype(types.nptype_from_builtin(types.uint3))
+    lut = rng.standard_normal((2, 3, 1, 1, 8, 1)).astype(np.float16)  # tables per 4 x 2 block of axes 0 and 1
+    x = (4 * rng.standard_normal((1, 6, 3, 3))).astype(np.float32)
+
+    @mb.program(input_specs=[], opset_version=ct.target.iOS18)
+    def program():
+        dense = mb.constexpr_lut_to_dense(indices=indices, lut=lut, name="dense")
+        q = mb.quantize(input=x, scale=np.float32(0.05), zero_point=np.int8(3), output_dtype="int8", name="q")
+        return dense, mb.dequantize(input=q, scale=np.float32(0.05), zero_point=np.int8(3), name="dq")
+
+    ops = {op.name: op for op in program.functions["main"].operations}
+    dense = OPS["constexpr_lut_to_dense"](OpArgs(ops["dense"], {}))
+    np.testing.assert_array_equal(dense.numpy(), ops["dense"].materialized_val_inference())
+    quantized = OPS["quantize"](OpArgs(ops["q"], {}))
+    np.testing.assert_array_equal(quantized.numpy(), ops["q"].outputs[0].val)
+    dequantized = OPS["dequantize"](OpArgs(ops["dq"], {"q": quantized}))
+    np.testing.assert_allclose(dequantized.numpy(), (ops["q"].outputs[0].val - 3.0) * 0.05, rtol=1e-6)

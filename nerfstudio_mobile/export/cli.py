@@ -2,7 +2,8 @@
 
     ns-export-mobile coreml --load-config outputs/<scene>/mobile-r2l/<run>/config.yml --output-dir exports/
     ns-export-mobile coreml ... --input-modes pose --compressions none palettize4
-    ns-export-mobile onnx --load-config ... --output-dir exports-onnx/
+    ns-export-mobile coreml ... --compressions palettize4-g16 palettize3-g16 w8a8
+    ns-export-mobile onnx --load-config ... --output-dir exports-onnx/ --quantize none int8
 
 Every file is read back and executed (Core ML: by a torch interpreter of its ML program, since Core ML runs
 only on Apple platforms; ONNX: by onnxruntime) and compared with the torch student. The command exits with
@@ -23,9 +24,18 @@ from rich.table import Table
 
 from nerfstudio_mobile.common.cli import run_cli
 from nerfstudio_mobile.common.files import atomic_dir
+from nerfstudio_mobile.export.calibration import DEFAULT_CALIBRATION_VIEWS
 from nerfstudio_mobile.export.errors import OutputExistsError
 from nerfstudio_mobile.export.pipeline import ExportedFile, export_coreml_files, export_onnx_files
-from nerfstudio_mobile.export.sidecar import INPUT_MODES, Compression, ExportFrame, InputMode, export_frame
+from nerfstudio_mobile.export.sidecar import (
+    INPUT_MODES,
+    Compression,
+    ExportFrame,
+    InputMode,
+    OnnxWeights,
+    export_frame,
+    weight_format,
+)
 from nerfstudio_mobile.export.student import Student, load_student
 
 CONSOLE = Console(width=160)
@@ -55,6 +65,8 @@ class ExportMobile(ABC):
     """Exported frame size H W; both divisible by the upscale factor. Default: the training images' size."""
     overwrite: bool = False
     """Replace a non-empty --output-dir."""
+    calibration_views: int = DEFAULT_CALIBRATION_VIEWS
+    """Pseudo views (from the student's cache) whose poses calibrate int8 activations (coreml w8a8, onnx int8)."""
 
     def main(self) -> None:
         if any(not file.verification.passed for file in self.run()):
@@ -92,27 +104,39 @@ class CoreMLExport(ExportMobile):
     """Core ML ML programs (.mlpackage, fp16 network, iOS 16+), optionally with compressed weights."""
 
     compressions: tuple[Compression, ...] = ("none",)
-    """Weight formats, one package each: none (fp16), int8, palettize8, palettize6, palettize4 (k-means)."""
+    """Weight formats, one package each: none (fp16), int8, palettize8, palettize6, palettize4 (k-means, one palette
+    per tensor; iOS 16); palettize<n>-g<size> (one palette per <size> output channels, n = 8, 6, 4, 3, 2, e.g.
+    palettize4-g16; iOS 18); w8a8 (int8 weights and activations, the Neural Engine's int8 path; iOS 17)."""
 
     def require_dependencies(self) -> None:
         from nerfstudio_mobile.export import coreml, coreml_verify  # noqa: F401
 
-        if any(compression in coreml.PALETTE_BITS for compression in self.compressions):
+        formats = [weight_format(compression) for compression in self.compressions]  # a bad name fails here
+        if any(weights.kind == "palette" for weights in formats):
             coreml.require_palettizer()
 
     def export(self, student: Student, frame: ExportFrame, directory: Path) -> list[ExportedFile]:
-        return export_coreml_files(student, frame, self.input_modes, self.compressions, directory)
+        return export_coreml_files(
+            student, frame, self.input_modes, self.compressions, directory, self.calibration_views
+        )
 
 
 @dataclass
 class OnnxExport(ExportMobile):
-    """ONNX files (opset 17, fp32), checked with onnxruntime."""
+    """ONNX files (opset 17), checked with onnxruntime: fp32, and optionally static int8 QDQ."""
+
+    quantize: tuple[OnnxWeights, ...] = ("none",)
+    """One file each: none (fp32, <name>-<mode>.onnx), int8 (S8S8 QDQ: int8 weights per channel, int8 activations
+    calibrated on the student's pseudo views; <name>-<mode>-int8.onnx)."""
 
     def require_dependencies(self) -> None:
         from nerfstudio_mobile.export import onnx  # noqa: F401
 
+        if "int8" in self.quantize:
+            from nerfstudio_mobile.export import onnx_int8  # noqa: F401
+
     def export(self, student: Student, frame: ExportFrame, directory: Path) -> list[ExportedFile]:
-        return export_onnx_files(student, frame, self.input_modes, directory)
+        return export_onnx_files(student, frame, self.input_modes, directory, self.quantize, self.calibration_views)
 
 
 def _db(value: float | None) -> str:

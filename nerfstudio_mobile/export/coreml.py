@@ -3,27 +3,43 @@
 fp16 applies to the network only: the ops before the first convolution (pose transform, ray generation,
 sampling, positional encoding of the `pose` graph) stay fp32, because sin/cos arguments reach hundreds of
 radians, where fp16 steps by 1/8 rad or more. Compressed variants are derived from the converted fp16 program
-(BatchNorm is already folded in the traced graph), so one conversion serves every compression.
+(BatchNorm is already folded in the traced graph), so one conversion per deployment target serves every
+compression: iOS 16 for int8 and per-tensor palettes (and w8a8, whose activation quantization raises it to
+iOS 17), iOS 18 for per-grouped-channel palettes.
 """
 
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from nerfstudio_mobile.export.dependencies import quiet_coremltools, require, require_coremltools
-from nerfstudio_mobile.export.sidecar import SIDECAR_KEY, Compression, ExportFrame, InputMode
+from nerfstudio_mobile.export.errors import CompressionError
+from nerfstudio_mobile.export.sidecar import (
+    SIDECAR_KEY,
+    Compression,
+    ExportFrame,
+    InputMode,
+    WeightFormat,
+    weight_format,
+)
 
 ct = require_coremltools("Core ML export")
 import coremltools.optimize.coreml as cto  # noqa: E402
-from coremltools.converters.mil.mil import Operation  # noqa: E402
+from coremltools import _SPECIFICATION_VERSION_IOS_17  # noqa: E402
+from coremltools.converters.mil.mil import Function, Operation  # noqa: E402
+from coremltools.converters.mil.mil.passes.graph_pass import PassOption  # noqa: E402
+from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY  # noqa: E402
 from coremltools.models import MLModel  # noqa: E402
+from coremltools.models.utils import _apply_graph_pass  # noqa: E402
 
-PALETTE_BITS: dict[Compression, int] = {"palettize8": 8, "palettize6": 6, "palettize4": 4}
+from nerfstudio_mobile.export.mil import run_program  # noqa: E402
+
 # iOS 16 / macOS 13: the first release with compressed-weight (constexpr) ops.
 DEPLOYMENT_TARGET = ct.target.iOS16
 NETWORK_ENTRY_OPS = frozenset({"conv", "conv_transpose"})
@@ -33,6 +49,20 @@ else, and it holds few of the weights: it keeps at least this many bits."""
 COMPRESSION_MIN_ELEMENTS = 2048
 """coremltools' default: smaller weights (16x16 convs, heads, biases) stay fp16; they are a small share of the
 parameters."""
+
+
+def deployment_target(weights: WeightFormat) -> ct.target:
+    """The oldest OS a package of this format runs on: quantize / dequantize ops (w8a8) arrived in iOS 17,
+    per-grouped-channel palettes in iOS 18."""
+    if weights.kind == "w8a8":
+        return ct.target.iOS17
+    return ct.target.iOS18 if weights.group_size is not None else DEPLOYMENT_TARGET
+
+
+def conversion_target(weights: WeightFormat) -> ct.target:
+    """The target to convert at: coremltools palettizes per grouped channel only in an iOS 18 program, while
+    activation quantization upgrades an iOS 16 program itself."""
+    return ct.target.iOS18 if weights.group_size is not None else DEPLOYMENT_TARGET
 
 
 def is_network_op(op: Operation) -> bool:
@@ -52,9 +82,9 @@ def is_network_op(op: Operation) -> bool:
     return False
 
 
-def convert(graph: nn.Module, frame: ExportFrame, mode: InputMode) -> MLModel:
-    """Trace `graph` and convert it to an ML program: fp16 network, fp32 encoding, fp32 inputs and outputs,
-    static shapes, named inputs ("rays" or "pose") and outputs ("rgb", "depth")."""
+def convert(graph: nn.Module, frame: ExportFrame, mode: InputMode, target: ct.target = DEPLOYMENT_TARGET) -> MLModel:
+    """Trace `graph` and convert it to an ML program for `target`: fp16 network, fp32 encoding, fp32 inputs and
+    outputs, static shapes, named inputs ("rays" or "pose") and outputs ("rgb", "depth")."""
     example = torch.zeros(frame.input_shape(mode))
     with torch.no_grad(), warnings.catch_warnings():
         # Near/far and the grid become constants of the trace, which is what a static-shape export wants.
@@ -69,7 +99,7 @@ def convert(graph: nn.Module, frame: ExportFrame, mode: InputMode) -> MLModel:
             outputs=[ct.TensorType(name=name, dtype=np.float32) for name in frame.output_names],
             convert_to="mlprogram",
             compute_precision=ct.transform.FP16ComputePrecision(op_selector=is_network_op),
-            minimum_deployment_target=DEPLOYMENT_TARGET,
+            minimum_deployment_target=target,
         )
 
 
@@ -78,32 +108,122 @@ def _first_conv_name(model: MLModel) -> str:
     return next(op.name for op in model._mil_program.functions["main"].operations if op.op_type == "conv")
 
 
+def fp16_activation_convs(function: Function) -> set[str]:
+    """The convs that w8a8 leaves out of activation quantization: the stem (its input mixes raw coordinates with
+    sin/cos in one tensor: it reads fp16) and the heads (no other conv reads them: the image and depth they
+    produce stay fp16)."""
+    operations = list(function.operations)
+    feeds_a_conv: set[str] = set()
+    for op in reversed(operations):
+        children = [child for var in op.outputs for child in var.child_ops]
+        if any(child.op_type in NETWORK_ENTRY_OPS or child.name in feeds_a_conv for child in children):
+            feeds_a_conv.add(op.name)
+    convs = [op.name for op in operations if op.op_type == "conv"]
+    return {convs[0], *(name for name in convs if name not in feeds_a_conv)}
+
+
 def require_palettizer() -> None:
     """k-means palettization clusters small weights with scikit-learn (coremltools' own kmeans1d: large ones)."""
     require("sklearn", "scikit-learn", "Palettization (k-means)")
 
 
-def compress(model: MLModel, compression: Compression) -> MLModel:
-    """A compressed copy of an fp16 model from `convert`: int8 (per-output-channel symmetric linear) or an
-    n-bit k-means palette per weight tensor (the stem kept at >= 8 bits)."""
-    if compression == "none":
-        return model
-    if compression == "int8":
-        config = cto.OptimizationConfig(
-            global_config=cto.OpLinearQuantizerConfig(
-                mode="linear_symmetric", dtype="int8", weight_threshold=COMPRESSION_MIN_ELEMENTS
-            )
+def check_group_size(network: nn.Module, compression: Compression) -> None:
+    """coremltools leaves a weight whose output channels do not split into whole groups uncompressed (with a
+    warning): refuse such a group size up front instead."""
+    weights = weight_format(compression)
+    if weights.group_size is None:
+        return
+    channels = {
+        module.out_channels
+        for module in network.modules()
+        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d) and module.weight.numel() >= COMPRESSION_MIN_ELEMENTS
+    }
+    if uneven := sorted(c for c in channels if c % weights.group_size):
+        divisors = [d for d in range(min(channels), 0, -1) if all(c % d == 0 for c in channels)]
+        raise CompressionError(
+            f"--compressions {compression}: groups of {weights.group_size} output channels do not divide the "
+            f"network's {', '.join(map(str, uneven))}-channel layers; pick a group size that divides "
+            f"{', '.join(map(str, sorted(channels)))}, e.g. {divisors[0]}."
         )
-        return cto.linear_quantize_weights(model, config)
+
+
+def _int8_weights(model: MLModel) -> MLModel:
+    """Per-output-channel symmetric int8 weights (from COMPRESSION_MIN_ELEMENTS elements on)."""
+    config = cto.OptimizationConfig(
+        global_config=cto.OpLinearQuantizerConfig(
+            mode="linear_symmetric", dtype="int8", weight_threshold=COMPRESSION_MIN_ELEMENTS
+        )
+    )
+    return cto.linear_quantize_weights(model, config)
+
+
+def activation_ranges(model: MLModel, samples: Sequence[dict[str, Tensor]]) -> dict[str, dict[str, float]]:
+    """{value name: {"rmin", "rmax"}} of every floating-point value of `model`'s program over `samples`, computed
+    by the torch MIL interpreter: coremltools calibrates with Core ML's predict, which needs macOS."""
+    ranges: dict[str, dict[str, float]] = {}
+
+    def observe(name: str, value: Tensor) -> None:
+        if value.is_floating_point():
+            low, high = float(value.min()), float(value.max())
+            seen = ranges.setdefault(name, {"rmin": low, "rmax": high})
+            seen["rmin"], seen["rmax"] = min(seen["rmin"], low), max(seen["rmax"], high)
+
+    for sample in samples:
+        run_program(model._mil_program.functions["main"], sample, observe)
+    return ranges
+
+
+def quantize_activations(model: MLModel, samples: Sequence[dict[str, Tensor]]) -> MLModel:
+    """Int8 activations in the network part (quantize / dequantize pairs around the convs and adds, symmetric
+    per-tensor scales from the calibration ranges; iOS 17). These are the graph passes of coremltools'
+    linear_quantize_activations, which measures the ranges with Core ML's predict (macOS only): here our
+    interpreter measures them. The encoding and the `fp16_activation_convs` keep fp16 activations: they are < 2%
+    of the MACs."""
+    main = model._mil_program.functions["main"]
+    float_ops = [op.name for op in main.operations if not is_network_op(op)] + sorted(fp16_activation_convs(main))
+    config = cto.OptimizationConfig(
+        global_config=cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8"),
+        op_name_configs=dict.fromkeys(float_ops),
+    )
+    ranges = activation_ranges(model, samples)
+    passes = []
+    for name in ("insert_prefix_quantize_dequantize_pair", "insert_suffix_quantize_dequantize_pair"):
+        graph_pass = PASS_REGISTRY[f"compression::{name}"]
+        graph_pass.set_options([PassOption("config", config), PassOption("activation_stats", ranges)])
+        passes.append(graph_pass)
+    passes.append(PASS_REGISTRY["common::dequantize_quantize_pair_elimination"])
+    with quiet_coremltools():
+        return _apply_graph_pass(model, passes, spec_version=_SPECIFICATION_VERSION_IOS_17)
+
+
+def compress(model: MLModel, compression: Compression, samples: Sequence[dict[str, Tensor]] = ()) -> MLModel:
+    """A compressed copy of an fp16 model from `convert` (at the compression's `conversion_target`): int8
+    (per-output-channel symmetric linear), an n-bit k-means palette per weight tensor or per group of output
+    channels (the stem kept at >= 8 bits), or w8a8 (int8 weights, int8 activations calibrated on `samples`, dicts
+    of the program's named inputs)."""
+    weights = weight_format(compression)
+    if weights.kind == "fp16":
+        return model
+    if weights.kind == "int8":
+        return _int8_weights(model)
+    if weights.kind == "w8a8":
+        return _int8_weights(quantize_activations(model, samples))
     require_palettizer()
-    bits = PALETTE_BITS[compression]
 
     def palette(nbits: int) -> cto.OpPalettizerConfig:
-        return cto.OpPalettizerConfig(nbits=nbits, mode="kmeans", weight_threshold=COMPRESSION_MIN_ELEMENTS)
+        if weights.group_size is None:
+            return cto.OpPalettizerConfig(nbits=nbits, mode="kmeans", weight_threshold=COMPRESSION_MIN_ELEMENTS)
+        return cto.OpPalettizerConfig(
+            nbits=nbits,
+            mode="kmeans",
+            granularity="per_grouped_channel",
+            group_size=weights.group_size,
+            weight_threshold=COMPRESSION_MIN_ELEMENTS,
+        )
 
     config = cto.OptimizationConfig(
-        global_config=palette(bits),
-        op_name_configs={_first_conv_name(model): palette(max(bits, STEM_MIN_BITS))},
+        global_config=palette(weights.bits),
+        op_name_configs={_first_conv_name(model): palette(max(weights.bits, STEM_MIN_BITS))},
     )
     return cto.palettize_weights(model, config)
 

@@ -12,19 +12,27 @@ from torch import Tensor
 
 from nerfstudio_mobile.export.coreml import (
     COMPRESSION_MIN_ELEMENTS,
-    DEPLOYMENT_TARGET,
     NETWORK_ENTRY_OPS,
-    PALETTE_BITS,
     STEM_MIN_BITS,
     ct,
+    deployment_target,
+    fp16_activation_convs,
     is_network_op,
 )
 from nerfstudio_mobile.export.mil import Package, dtype_name, read_package, run_program
-from nerfstudio_mobile.export.sidecar import SIDECAR_KEY, Compression, ExportFrame, InputMode, weights_label
-from nerfstudio_mobile.export.verify import MIN_PSNR, Case, Verification, measure
+from nerfstudio_mobile.export.sidecar import (
+    SIDECAR_KEY,
+    Compression,
+    ExportFrame,
+    InputMode,
+    WeightFormat,
+    weight_format,
+    weights_label,
+)
+from nerfstudio_mobile.export.verify import Case, Verification, measure, min_psnr
 
 if TYPE_CHECKING:
-    from coremltools.converters.mil.mil import Var
+    from coremltools.converters.mil.mil import Operation
 
 LAYOUT_OPS = frozenset({"reshape", "transpose", "expand_dims", "squeeze", "tile"})
 """Ops that move data between axes: fine in the fp32 encoding, not in the Neural-Engine network part."""
@@ -42,8 +50,11 @@ def _array_features(features: Any) -> dict[str, tuple[tuple[int, ...], str]]:
     }
 
 
-def check_spec(package: Package, frame: ExportFrame, mode: InputMode, sidecar: dict[str, Any]) -> list[str]:
-    """Named fp32 inputs and outputs of static shape, the deployment target, and the sidecar in the metadata."""
+def check_spec(
+    package: Package, frame: ExportFrame, mode: InputMode, weights: WeightFormat, sidecar: dict[str, Any]
+) -> list[str]:
+    """Named fp32 inputs and outputs of static shape, the format's deployment target (no newer: every device
+    that can run it should), and the sidecar in the metadata."""
     problems = []
     description = package.spec.description
     expected_inputs = {mode: (frame.input_shape(mode), "FLOAT32")}
@@ -54,8 +65,9 @@ def check_spec(package: Package, frame: ExportFrame, mode: InputMode, sidecar: d
     ):
         if found != expected:
             problems.append(f"{kind} are {found}, expected {expected}")
-    if package.spec.specificationVersion < DEPLOYMENT_TARGET.value:
-        problems.append(f"spec version {package.spec.specificationVersion} < {DEPLOYMENT_TARGET.value} (iOS16)")
+    target = deployment_target(weights)
+    if package.spec.specificationVersion != target.value:
+        problems.append(f"spec version {package.spec.specificationVersion}, expected {target.value} ({target.name})")
     stored = description.metadata.userDefined.get(SIDECAR_KEY)
     if stored is None:
         problems.append(f"no {SIDECAR_KEY} in the user metadata")
@@ -84,22 +96,54 @@ def check_ops(package: Package) -> list[str]:
     return problems
 
 
-def _weight_storage(weight: Var) -> tuple[str, int]:
-    """How a conv weight is stored: ("fp16" | "fp32" | "int8" | "palette", bits per element)."""
+Storage = tuple[str, int, int | None]
+"""How a weight is stored: ("fp16" | "fp32" | "int8" | "palette", bits per element, output channels per palette
+(None: one palette for the tensor, or not a palette))."""
+
+
+def _weight_storage(op: Operation) -> Storage:
+    weight = op.inputs["weight"]
     producer = weight.op
     if producer is None or producer.op_type == "const":
         name = dtype_name(weight)
-        return name, 16 if name == "fp16" else 32
+        return name, 16 if name == "fp16" else 32, None
     if producer.op_type == "constexpr_affine_dequantize":
-        return "int8", 8
+        return "int8", 8, None
     if producer.op_type == "constexpr_lut_to_dense":
-        return "palette", int(math.log2(producer.inputs["lut"].val.size))
-    return producer.op_type, 0
+        lut = producer.inputs["lut"].val
+        if "shape" in producer.inputs:  # iOS16: one table
+            return "palette", int(math.log2(lut.size)), None
+        # iOS18: lut [g_0, .., g_{r-1}, 2^n, 1], tables split the output-channel axis only
+        axis = _output_channel_axis(op)
+        groups = lut.shape[: weight.rank]
+        if any(count != 1 for i, count in enumerate(groups) if i != axis):
+            return "palette (blocks off the output-channel axis)", 0, None
+        group = weight.shape[axis] // groups[axis] if groups[axis] > 1 else None
+        return "palette", int(math.log2(lut.shape[-2])), group
+    return producer.op_type, 0, None
 
 
-def check_weights(package: Package, params: int, compression: Compression) -> list[str]:
+def _output_channel_axis(op: Operation) -> int:
+    """conv weights are [out, in, kh, kw], conv_transpose weights [in, out, kh, kw]."""
+    return 1 if op.op_type == "conv_transpose" else 0
+
+
+def expected_storage(op: Operation, index: int, weights: WeightFormat) -> Storage:
+    """What `weights` makes of a conv weight: large ones (COMPRESSION_MIN_ELEMENTS) int8 or palettes, the stem
+    (index 0) at >= STEM_MIN_BITS, small ones fp16."""
+    weight = op.inputs["weight"]
+    if math.prod(weight.shape) < COMPRESSION_MIN_ELEMENTS or weights.kind == "fp16":
+        return "fp16", 16, None
+    if weights.kind in ("int8", "w8a8"):
+        return "int8", 8, None
+    channels = weight.shape[_output_channel_axis(op)]
+    group = None if weights.group_size is None or weights.group_size == channels else weights.group_size
+    return "palette", max(weights.bits, STEM_MIN_BITS) if index == 0 else weights.bits, group
+
+
+def check_weights(package: Package, params: int, weights: WeightFormat) -> list[str]:
     """Every conv weight and bias of the student is there (counted against its parameters) and stored as
-    `compression` says: fp16; int8 or an n-bit palette from COMPRESSION_MIN_ELEMENTS elements on."""
+    `weights` says (`expected_storage`)."""
     problems = []
     convs = [op for op in package.main.operations if op.op_type in NETWORK_ENTRY_OPS]
     stored = sum(math.prod(op.inputs["weight"].shape) for op in convs)
@@ -107,17 +151,49 @@ def check_weights(package: Package, params: int, compression: Compression) -> li
     if stored != params:
         problems.append(f"the package holds {stored:,} conv parameters, the folded student {params:,}")
     for index, op in enumerate(convs):
-        weight = op.inputs["weight"]
-        storage = _weight_storage(weight)
-        if math.prod(weight.shape) < COMPRESSION_MIN_ELEMENTS or compression == "none":
-            expected = ("fp16", 16)
-        elif compression == "int8":
-            expected = ("int8", 8)
-        else:  # the stem (first conv) keeps at least STEM_MIN_BITS
-            bits = PALETTE_BITS[compression]
-            expected = ("palette", max(bits, STEM_MIN_BITS) if index == 0 else bits)
+        storage, expected = _weight_storage(op), expected_storage(op, index, weights)
         if storage != expected:
             problems.append(f"{op.op_type} ({op.name}) weight stored as {storage}, expected {expected}")
+    return problems
+
+
+def _reads_int8(op: Operation) -> bool:
+    """x comes through a dequantize of an int8 value."""
+    producer = op.inputs["x"].op
+    return producer is not None and producer.op_type == "dequantize" and dtype_name(producer.inputs["input"]) == "int8"
+
+
+def _downstream(op: Operation) -> list[Operation]:
+    """Every op that reads `op`'s outputs, directly or not."""
+    pending, seen, found = [op], {op.name}, []
+    while pending:
+        for var in pending.pop().outputs:
+            for child in var.child_ops:
+                if child.name not in seen:
+                    seen.add(child.name)
+                    found.append(child)
+                    pending.append(child)
+    return found
+
+
+def check_activations(package: Package, weights: WeightFormat) -> list[str]:
+    """w8a8: every conv but the stem reads an int8 activation (quantize -> dequantize), the stem reads fp16, and
+    nothing after the heads is quantized (the image and depth keep fp16); any other format has no activation
+    quantization at all."""
+    operations = list(package.main.operations)
+    if weights.kind != "w8a8":
+        quantized = sum(op.op_type == "quantize" for op in operations)
+        return [f"{quantized} activation quantize ops in a {weights.kind} package"] if quantized else []
+    convs = [op for op in operations if op.op_type == "conv"]
+    problems = []
+    for index, op in enumerate(convs):
+        expected, found = "fp16" if index == 0 else "int8", "int8" if _reads_int8(op) else "fp16"
+        if found != expected:
+            problems.append(f"conv ({op.name}) reads {found} activations, expected {expected}")
+    stem = convs[0].name
+    for head in (op for op in convs if op.name in fp16_activation_convs(package.main) - {stem}):
+        if any(child.op_type == "quantize" for child in _downstream(head)):
+            problems.append(f"the output of head conv {head.name} is quantized")
     return problems
 
 
@@ -132,12 +208,16 @@ def verify_coreml(
 ) -> Verification:
     """Read the package at `path` back and check it, then execute it on every case."""
     package = read_package(path)
+    weights = weight_format(compression)
     problems = (
-        check_spec(package, frame, mode, sidecar) + check_ops(package) + check_weights(package, params, compression)
+        check_spec(package, frame, mode, weights, sidecar)
+        + check_ops(package)
+        + check_weights(package, params, weights)
+        + check_activations(package, weights)
     )
 
     def run(x: Tensor) -> list[Tensor]:
         outputs = run_program(package.main, {mode: x})
         return [outputs[name] for name in frame.output_names]
 
-    return Verification(measure(run, cases), MIN_PSNR[weights_label(compression)], problems)
+    return Verification(measure(run, cases), min_psnr(weights_label(compression)), problems)

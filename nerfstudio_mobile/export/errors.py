@@ -21,3 +21,11 @@ class OutputExistsError(ExportError, FileExistsError):
 
 class GridShapeError(ExportError, ValueError):
     """The requested output size does not split into whole super-resolution blocks."""
+
+
+class CompressionError(ExportError, ValueError):
+    """A --compressions name that is not a weight format, or a palette group size the network cannot split into."""
+
+
+class CalibrationError(ExportError, FileNotFoundError):
+    """Int8 activations need the student's pseudo-view cache (their calibration poses), and it is not there."""

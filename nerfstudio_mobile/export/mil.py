@@ -3,9 +3,10 @@ where Core ML's own `predict` needs macOS.
 
 The program is read back from the saved ``.mlpackage`` (its protobuf and its weight file), so what runs here
 is what ships: every op our exports contain is implemented in torch from the MIL op definitions, every value
-is stored in the dtype the program declares (fp16 in the network), and compressed weights are expanded from
-their stored form (packed palette indices + look-up table, int8 + scale + zero point) by our own code, not
-coremltools'. An op outside that set raises UnsupportedOpError instead of being guessed.
+is stored in the dtype the program declares (fp16 in the network, int8 between a quantize and its dequantize),
+and compressed weights are expanded from their stored form (palette indices + look-up tables, per tensor or per
+group of channels; int8 + scale + zero point) by our own code, not coremltools'. An op outside that set raises
+UnsupportedOpError instead of being guessed.
 """
 
 from collections.abc import Callable, Sequence
@@ -225,23 +226,60 @@ def unpack_indices(packed: Tensor, nbits: int, count: int) -> Tensor:
 
 
 def _lut_to_dense(args: OpArgs) -> Tensor:
-    """iOS16 palettized weight: one 2^n-entry look-up table, n-bit indices packed into bytes."""
-    if "shape" not in args.op.inputs:
-        raise UnsupportedOpError(f"constexpr_lut_to_dense {args.op.name}: only the iOS16 per-tensor form")
-    lut, shape = args.tensor("lut"), args.ints("shape")
-    indices = unpack_indices(args.tensor("indices"), int(np.log2(lut.numel())), int(np.prod(shape)))
-    return lut[indices].reshape(shape)
+    """Palettized weight. iOS16: one 2^n-entry look-up table, n-bit indices packed into bytes. iOS18: indices of
+    the weight's shape (the reader unpacks their sub-byte type) and lut [g_0, .., g_{r-1}, 2^n, 1], one table per
+    block of shape[i] / g_i along every axis i (per-grouped-channel palettes split one axis)."""
+    if "shape" in args.op.inputs:
+        lut, shape = args.tensor("lut"), args.ints("shape")
+        indices = unpack_indices(args.tensor("indices"), int(np.log2(lut.numel())), int(np.prod(shape)))
+        return lut[indices].reshape(shape)
+    indices, lut = args.tensor("indices").long(), args.tensor("lut")
+    if lut.shape[-1] != 1:
+        raise UnsupportedOpError(f"constexpr_lut_to_dense {args.op.name}: vector palettes (lut {tuple(lut.shape)})")
+    groups = lut.shape[: indices.dim()]
+    # The table of every element: its block index along each axis, flattened in the tables' row-major order.
+    table = torch.zeros(indices.shape, dtype=torch.long)
+    for axis, (size, count) in enumerate(zip(indices.shape, groups, strict=True)):
+        block = torch.arange(size) // (size // count)
+        table = table * count + block.reshape([-1 if dim == axis else 1 for dim in range(indices.dim())])
+    return lut.reshape(-1, lut.shape[-2])[table, indices]
+
+
+def _per_axis(value: Tensor, axis: int, rank: int) -> Tensor:
+    """A scale or zero point given per slice along `axis` (a vector), shaped to broadcast over a rank-`rank` tensor."""
+    return value.reshape([-1 if dim == axis else 1 for dim in range(rank)]) if value.dim() == 1 else value
 
 
 def _affine_dequantize(args: OpArgs) -> Tensor:
     """iOS16 quantized weight: (q - zero_point) * scale, scale / zero point per slice along `axis`."""
     data = args.tensor("quantized_data")
-    scale, zero_point = args.tensor("scale"), args.tensor("zero_point")
     axis = int(args.scalar("axis")) % data.dim()
-    broadcast = [-1 if dim == axis else 1 for dim in range(data.dim())]
-    if scale.dim() == 1:
-        scale, zero_point = scale.reshape(broadcast), zero_point.reshape(broadcast)
+    scale, zero_point = (_per_axis(args.tensor(name), axis, data.dim()) for name in ("scale", "zero_point"))
     return (data.float() - zero_point.float()) * scale
+
+
+def _quantize_params(args: OpArgs, rank: int) -> tuple[Tensor, Tensor]:
+    """(scale, zero point) of an iOS17 quantize / dequantize: scalars, or vectors along `axis`."""
+    axis = int(args.scalar("axis", 0)) % rank
+    scale = _per_axis(args.tensor("scale"), axis, rank)
+    zero_point = args.optional("zero_point")
+    return scale, torch.zeros(()) if zero_point is None else _per_axis(zero_point.float(), axis, rank)
+
+
+def _quantize(args: OpArgs) -> Tensor:
+    """iOS17 activation quantization: clip(round(x / scale) + zero_point) in int8 / uint8 (round half to even)."""
+    x = args.tensor("input")
+    scale, zero_point = _quantize_params(args, x.dim())
+    dtype = _TORCH_DTYPES[args.scalar("output_dtype")]
+    limits = torch.iinfo(dtype)
+    return (torch.round(x / scale) + zero_point).clamp(limits.min, limits.max).to(dtype)
+
+
+def _dequantize(args: OpArgs) -> Tensor:
+    """iOS17: (q - zero_point) * scale."""
+    q = args.tensor("input")
+    scale, zero_point = _quantize_params(args, q.dim())
+    return (q.float() - zero_point) * scale
 
 
 def _reduce_max(args: OpArgs) -> Tensor:
@@ -290,21 +328,32 @@ OPS: dict[str, OpImplementation] = {
     "reduce_l2_norm": _reduce_l2_norm,
     "constexpr_lut_to_dense": _lut_to_dense,
     "constexpr_affine_dequantize": _affine_dequantize,
+    "quantize": _quantize,
+    "dequantize": _dequantize,
 }
 
 
-def run_program(function: Function, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Execute `function` (a program's "main") on named inputs; returns its named outputs."""
+def run_program(
+    function: Function, inputs: dict[str, Tensor], observe: Callable[[str, Tensor], None] | None = None
+) -> dict[str, Tensor]:
+    """Execute `function` (a program's "main") on named inputs; returns its named outputs. `observe(name, value)`
+    sees every input and every computed value (activation calibration reads their ranges)."""
     missing = set(function.inputs) - set(inputs)
     if missing:
         raise ValueError(f"missing program inputs {sorted(missing)}; it takes {list(function.inputs)}")
     values = {name: inputs[name].to(_TORCH_DTYPES[dtype_name(var)]) for name, var in function.inputs.items()}
     with torch.inference_mode():
+        if observe is not None:
+            for name, value in values.items():
+                observe(name, value)
         for op in function.operations:
             if op.op_type == "const":  # read where used: OpArgs falls back to the stored value
                 continue
             if op.op_type not in OPS:
                 raise UnsupportedOpError(f"no torch implementation of MIL op {op.op_type!r} ({op.name})")
             result = OPS[op.op_type](OpArgs(op, values))
-            values[op.outputs[0].name] = result.to(_TORCH_DTYPES[dtype_name(op.outputs[0])])
+            name = op.outputs[0].name
+            values[name] = result.to(_TORCH_DTYPES[dtype_name(op.outputs[0])])
+            if observe is not None:
+                observe(name, values[name])
     return {var.name: values[var.name] for var in function.outputs}

@@ -1,4 +1,5 @@
-"""ONNX export of the same two graphs (fp32 weights), checked with onnxruntime against the torch student.
+"""ONNX export of the same two graphs, checked with onnxruntime against the torch student: fp32, and the layout of
+static int8 QDQ files (written by `onnx_int8`).
 
 The sidecar JSON is stored in the model's metadata_props under `SIDECAR_KEY` as well as next to the file.
 """
@@ -13,7 +14,7 @@ from torch import Tensor, nn
 
 from nerfstudio_mobile.export.dependencies import require
 from nerfstudio_mobile.export.sidecar import SIDECAR_KEY, ExportFrame, InputMode
-from nerfstudio_mobile.export.verify import MIN_PSNR, Case, Verification, measure
+from nerfstudio_mobile.export.verify import Case, Verification, measure, min_psnr
 
 onnx = require("onnx", "onnx", "ONNX export")
 ort = require("onnxruntime", "onnxruntime", "Checking ONNX exports")
@@ -38,16 +39,86 @@ def export_onnx(graph: nn.Module, frame: ExportFrame, mode: InputMode, path: Pat
             opset_version=OPSET,
             dynamo=False,
         )
+    set_sidecar(path, sidecar)
+
+
+def set_sidecar(path: Path, sidecar: dict[str, Any]) -> None:
+    """Store the sidecar in the file's metadata_props, and check the file."""
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, {SIDECAR_KEY: json.dumps(sidecar)})
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
 
 
+CONV_OPS = frozenset({"Conv", "ConvTranspose"})
+
+
+def float_nodes(model: Any) -> list[str]:
+    """Nodes that keep fp32 in the int8 file: those before the first conv (the `pose` graph's ray generation and
+    encoding, whose sin/cos arguments reach hundreds of radians), the stem conv (its input mixes raw coordinates
+    with sin/cos in one tensor) and the heads (their outputs are the image and depth; no other conv reads them).
+    < 2% of the MACs."""
+    nodes = list(model.graph.node)  # ONNX lists nodes in topological order
+    network_tensors: set[str] = set()
+    encoding = []
+    for node in nodes:
+        if node.op_type in CONV_OPS or network_tensors.intersection(node.input):
+            network_tensors.update(node.output)
+        else:
+            encoding.append(node.name)
+    feeds_a_conv: set[str] = set()  # tensors some conv reads, directly or not
+    for node in reversed(nodes):
+        if node.op_type in CONV_OPS or feeds_a_conv.intersection(node.output):
+            feeds_a_conv.update(node.input)
+    convs = [node for node in nodes if node.op_type == "Conv"]
+    heads = [node.name for node in convs if not feeds_a_conv.intersection(node.output)]
+    return [*encoding, convs[0].name, *heads]
+
+
+def _producers(model: Any) -> dict[str, Any]:
+    return {output: node for node in model.graph.node for output in node.output}
+
+
+def check_qdq(model: Any) -> list[str]:
+    """The int8 file is what it claims: every conv but the stem and the head reads an int8 activation
+    (QuantizeLinear -> DequantizeLinear) and int8 weights with one scale per output channel; those two read fp32."""
+    producers, initializers = _producers(model), {tensor.name: tensor for tensor in model.graph.initializer}
+    float_convs = set(float_nodes(model))
+    problems = []
+    for node in model.graph.node:
+        if node.op_type not in CONV_OPS:
+            continue
+        activation, weight = (producers.get(name) for name in node.input[:2])
+        quantized = (
+            activation is not None
+            and activation.op_type == "DequantizeLinear"
+            and getattr(producers.get(activation.input[0]), "op_type", None) == "QuantizeLinear"
+            and weight is not None
+            and weight.op_type == "DequantizeLinear"
+            and _int8_per_channel(weight, initializers)
+        )
+        if quantized == (node.name in float_convs):
+            expected = "fp32" if node.name in float_convs else "int8 activation and per-channel int8 weights"
+            problems.append(f"{node.op_type} {node.name} does not read {expected}")
+    return problems
+
+
+def _int8_per_channel(dequantize: Any, initializers: dict[str, Any]) -> bool:
+    data, scale = (initializers.get(name) for name in dequantize.input[:2])
+    return (
+        data is not None
+        and scale is not None
+        and data.data_type == onnx.TensorProto.INT8
+        and len(scale.dims) == 1
+        and scale.dims[0] > 1
+    )
+
+
 def verify_onnx(
-    path: Path, frame: ExportFrame, mode: InputMode, sidecar: dict[str, Any], cases: list[Case]
+    path: Path, frame: ExportFrame, mode: InputMode, sidecar: dict[str, Any], cases: list[Case], weights: str = "fp32"
 ) -> Verification:
-    """Check names, shapes and metadata of the file at `path`, then run it with onnxruntime on every case."""
+    """Check names, shapes and metadata of the file at `path` (and the int8 layout of a `w8a8` one), then run it
+    with onnxruntime on every case."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     problems = []
     found = {
@@ -61,8 +132,10 @@ def verify_onnx(
     stored = session.get_modelmeta().custom_metadata_map.get(SIDECAR_KEY)
     if stored is None or json.loads(stored) != json.loads(json.dumps(sidecar)):
         problems.append(f"the {SIDECAR_KEY} metadata is missing or differs from the sidecar JSON")
+    if weights == "w8a8":
+        problems += check_qdq(onnx.load(str(path)))
 
     def run(x: Tensor) -> list[Tensor]:
         return [torch.from_numpy(y) for y in session.run(list(frame.output_names), {mode: x.numpy()})]
 
-    return Verification(measure(run, cases), MIN_PSNR["fp32"], problems)
+    return Verification(measure(run, cases), min_psnr(weights), problems)

@@ -6,24 +6,67 @@ metadata_props under ``SIDECAR_KEY``), so a model never travels without its inpu
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from nerfstudio_mobile.common.intrinsics import Intrinsics
-from nerfstudio_mobile.export.errors import GridShapeError
+from nerfstudio_mobile.export.errors import CompressionError, GridShapeError
 from nerfstudio_mobile.export.student import Student
 from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetworkConfig, count_macs
 
 InputMode = Literal["rays", "pose"]
 INPUT_MODES: tuple[InputMode, ...] = ("rays", "pose")
-Compression = Literal["none", "int8", "palettize8", "palettize6", "palettize4"]
-"""Core ML weight formats: none = fp16, int8 linear, n-bit k-means palettes."""
+OnnxWeights = Literal["none", "int8"]
+"""ONNX weight formats: none = fp32, int8 = static int8 QDQ (int8 weights per channel and int8 activations)."""
+Compression = str
+"""A Core ML weight format, as `--compressions` names it: none (fp16), int8 (weights), palettize8|6|4 (one k-means
+palette per weight tensor), palettize<n>-g<size> (one palette per group of <size> output channels, n = 8, 6, 4, 3
+or 2; iOS 18), w8a8 (int8 weights and int8 activations; iOS 17)."""
 COMPRESSIONS: tuple[Compression, ...] = ("none", "int8", "palettize8", "palettize6", "palettize4")
+"""The iOS 16 formats."""
+GROUPED_PALETTES: tuple[Compression, ...] = ("palettize4-g16", "palettize3-g16", "palettize2-g16")
+"""Per-grouped-channel palettes at the group size that keeps 4 and 3 bits accurate (Apple: 8 to 16)."""
+PER_TENSOR_PALETTE_BITS = (8, 6, 4)
+GROUPED_PALETTE_BITS = (8, 6, 4, 3, 2)
+_PALETTE = re.compile(r"palettize(\d+)(?:-g(\d+))?")
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """What a compression name means for the stored weights."""
+
+    kind: Literal["fp16", "int8", "palette", "w8a8"]
+    bits: int
+    """Bits per stored weight element."""
+    group_size: int | None = None
+    """Palettes: output channels that share one look-up table; None: one table per weight tensor."""
+
+
+def weight_format(compression: Compression) -> WeightFormat:
+    """Parse a --compressions name; CompressionError says which names exist."""
+    if compression == "none":
+        return WeightFormat("fp16", 16)
+    if compression in ("int8", "w8a8"):
+        return WeightFormat(compression, 8)
+    match = _PALETTE.fullmatch(compression)
+    if match:
+        bits, group = int(match.group(1)), match.group(2)
+        if group is None and bits in PER_TENSOR_PALETTE_BITS:
+            return WeightFormat("palette", bits)
+        if group is not None and bits in GROUPED_PALETTE_BITS and int(group) > 0:
+            return WeightFormat("palette", bits, int(group))
+    raise CompressionError(
+        f"--compressions {compression!r} is not a weight format: pass none, int8, w8a8, "
+        f"palettize{{{','.join(map(str, PER_TENSOR_PALETTE_BITS))}}} (one palette per tensor) or "
+        f"palettize{{{','.join(map(str, GROUPED_PALETTE_BITS))}}}-g<size> (one palette per <size> output "
+        "channels, e.g. palettize4-g16)."
+    )
 
 
 def weights_label(compression: Compression) -> str:
-    """How a Core ML package's weights are stored: "fp16" (no compression), "int8", "palettize4", ..."""
+    """How a Core ML package's weights are stored: "fp16" (no compression), "int8", "palettize4-g16", ..."""
     return "fp16" if compression == "none" else compression
 
 

@@ -18,7 +18,7 @@ from torch import Tensor
 from nerfstudio_mobile.common.intrinsics import Intrinsics
 from nerfstudio_mobile.common.metrics import psnr
 from nerfstudio_mobile.export.graphs import graph_input
-from nerfstudio_mobile.export.sidecar import ExportFrame, InputMode
+from nerfstudio_mobile.export.sidecar import ExportFrame, InputMode, weight_format
 from nerfstudio_mobile.export.student import Student
 
 MIN_PSNR: dict[str, float] = {
@@ -28,8 +28,16 @@ MIN_PSNR: dict[str, float] = {
     "palettize8": 32.0,
     "palettize6": 28.0,
     "palettize4": 20.0,
+    "w8a8": 30.0,  # int8 activations as well (Core ML w8a8, ONNX int8)
 }
-"""RGB PSNR floor (dB) against the torch student, per weight format (`weights_label`; ONNX: fp32)."""
+"""RGB PSNR floor (dB) against the torch student, per weight format (`weights_label`; ONNX: fp32, w8a8)."""
+GROUPED_PALETTE_MIN_PSNR: dict[int, float] = {8: 32.0, 6: 28.0, 4: 22.0, 3: 18.0, 2: 12.0}
+"""The same per bit width for palettes per group of output channels (palettize<n>-g<size>)."""
+
+
+def min_psnr(weights: str) -> float:
+    """The RGB PSNR floor of a weight format's label."""
+    return MIN_PSNR[weights] if weights in MIN_PSNR else GROUPED_PALETTE_MIN_PSNR[weight_format(weights).bits]
 
 
 @dataclass
