@@ -1,12 +1,15 @@
-"""Core ML package size per weight compression for the paper-size MobileR2L, and the PSNR each costs a student.
+"""Core ML package (and ONNX file) size per weight format for the paper-size MobileR2L, and the PSNR each costs a
+student.
 
     .venv/bin/python benchmarks/export_sizes.py [--student outputs/.../mobile-r2l/<run>/config.yml]
 
 Sizes: the paper's network (N=28 blocks, width 256, 8x: a 100x100 ray grid -> 800x800 RGB), randomly
 initialised (a package's size depends on the weights' shapes and format, barely on their values), exported
-with the `rays` input. PSNR cost (with --student): every compression of that trained student's `pose`
-package, executed by the torch MIL interpreter on its test views, against the test images, minus the fp16
-package's PSNR; plus each package's PSNR against the torch student.
+with the `rays` input: every Core ML compression (iOS 16 formats, per-grouped-channel palettes, w8a8) and ONNX
+fp32 / int8. Formats with int8 activations are calibrated on the rays of a few orbit poses. PSNR cost (with
+--student): every format of that trained student's `pose` export (Core ML executed by the torch MIL
+interpreter, ONNX by onnxruntime; int8 activations calibrated on its pseudo views) on its test views, against
+the test images, minus the fp16 package's PSNR; plus each file's PSNR against the torch student.
 Results go to ``benchmarks/results/export_sizes.{json,md}``.
 """
 
@@ -18,17 +21,30 @@ from pathlib import Path
 import torch
 import tyro
 from common import RESULTS, timed, write_results
+from render_latency import orbit_pose
+from torch import Tensor
 
 from nerfstudio_mobile.common.files import file_size
 from nerfstudio_mobile.common.intrinsics import Intrinsics
 from nerfstudio_mobile.export import coreml
 from nerfstudio_mobile.export.graphs import export_graph
-from nerfstudio_mobile.export.pipeline import export_coreml_files
-from nerfstudio_mobile.export.sidecar import COMPRESSIONS, ExportFrame, export_frame, sidecar, weights_label
+from nerfstudio_mobile.export.onnx import export_onnx
+from nerfstudio_mobile.export.onnx_int8 import quantize_int8
+from nerfstudio_mobile.export.pipeline import export_coreml_files, export_onnx_files
+from nerfstudio_mobile.export.sidecar import (
+    COMPRESSIONS,
+    GROUPED_PALETTES,
+    ExportFrame,
+    export_frame,
+    sidecar,
+    weight_format,
+    weights_label,
+)
 from nerfstudio_mobile.export.student import load_student
-from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig
+from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig, encode_rays, pinhole_rays
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, LightFieldNetworkConfig
 
+FORMATS = (*COMPRESSIONS, *GROUPED_PALETTES, "w8a8")
 PAPER_FP16_MB = 8.3
 GOAL_4BIT_MB = 2.2
 GOAL_4BIT_PSNR_COST_DB = 0.3
@@ -43,6 +59,8 @@ class Args:
     )
     student: Path | None = None
     """config.yml of a trained mobile-r2l student for the PSNR cost of each compression."""
+    calibration_views: int = 16
+    """Rays of this many orbit poses (sizes) or pseudo views (--student) calibrate int8 activations."""
     output_dir: Path = RESULTS
 
 
@@ -62,22 +80,39 @@ def paper_frame(args: Args) -> ExportFrame:
     )
 
 
+def calibration_rays(frame: ExportFrame, count: int) -> list[Tensor]:
+    """The encoded ray grids of `count` poses orbiting the origin (render_latency's), at the frame's grid."""
+    grid = frame.grid
+    intrinsics = [torch.tensor([value]) for value in (grid.fx, grid.fy, grid.cx, grid.cy)]
+    rays = []
+    for index in range(count):
+        c2w = orbit_pose(2 * math.pi * index / count)[None]
+        origins, directions = pinhole_rays(c2w, *intrinsics, height=grid.height, width=grid.width)
+        rays.append(encode_rays(origins, directions, frame.near, frame.far, frame.encoding))
+    return rays
+
+
 def package_sizes(args: Args, directory: Path) -> dict:
     torch.manual_seed(0)
     frame = paper_frame(args)
     network = LightFieldNetwork(args.network).eval()
     graph = export_graph(network, frame, "rays")
     params = sum(p.numel() for p in graph.parameters())
-    fp16, convert_s = timed(lambda: coreml.convert(graph, frame, "rays"))
-    rows = []
-    for compression in COMPRESSIONS:
-        model, compress_s = timed(lambda compression=compression: coreml.compress(fp16, compression))
+    samples = [{"rays": x} for x in calibration_rays(frame, args.calibration_views)]
+    conversions, rows = {}, []
+    for compression in FORMATS:
+        target = coreml.conversion_target(weight_format(compression))
+        if target not in conversions:
+            conversions[target] = timed(lambda target=target: coreml.convert(graph, frame, "rays", target))
+        converted, convert_s = conversions[target]
+        model, compress_s = timed(lambda c=compression, m=converted: coreml.compress(m, c, samples))
         weights = weights_label(compression)
         path = directory / f"paper-{weights}.mlpackage"
         coreml.save(model, path, sidecar(frame, "rays", weights, params, {"experiment": "random init"}))
         size = file_size(path)
         rows.append(
             dict(
+                format="Core ML",
                 weights=weights,
                 size_mb=size / 1e6,
                 weight_file_mb=file_size(next(path.rglob("weight.bin"))) / 1e6,
@@ -86,20 +121,39 @@ def package_sizes(args: Args, directory: Path) -> dict:
                 seconds=convert_s if compression == "none" else compress_s,
             )
         )
-        print(f"{weights:11s} {size / 1e6:6.2f} MB ({size / params:.2f} B/param)")
+        print(f"{weights:15s} {size / 1e6:6.2f} MB ({size / params:.2f} B/param)")
+    fp32, int8 = directory / "paper.onnx", directory / "paper-int8.onnx"
+    _, export_s = timed(lambda: export_onnx(graph, frame, "rays", fp32, {}))
+    _, quantize_s = timed(lambda: quantize_int8(fp32, int8, "rays", [sample["rays"] for sample in samples], {}))
+    for path, weights, seconds in ((fp32, "fp32", export_s), (int8, "w8a8", quantize_s)):
+        size = file_size(path)
+        rows.append(
+            dict(
+                format="ONNX",
+                weights=weights,
+                size_mb=size / 1e6,
+                weight_file_mb=None,
+                program_mb=None,
+                bytes_per_param=size / params,
+                seconds=seconds,
+            )
+        )
+        print(f"ONNX {weights:10s} {size / 1e6:6.2f} MB ({size / params:.2f} B/param)")
     return dict(params=params, gmac_per_frame=frame.gmac_per_frame(), results=rows)
 
 
-def psnr_costs(student_config: Path, directory: Path) -> dict:
+def psnr_costs(student_config: Path, directory: Path, calibration_views: int) -> dict:
     student = load_student(student_config)
     frame = export_frame(student)
-    exported = export_coreml_files(student, frame, ["pose"], COMPRESSIONS, directory)
+    exported = export_coreml_files(student, frame, ["pose"], FORMATS, directory, calibration_views)
+    exported += export_onnx_files(student, frame, ["pose"], directory, ("none", "int8"), calibration_views)
     fp16 = exported[0].verification.fidelity
     rows = []
     for file in exported:
         fidelity = file.verification.fidelity
         rows.append(
             dict(
+                format="ONNX" if file.path.suffix == ".onnx" else "Core ML",
                 weights=file.weights,
                 size_mb=file.size_bytes / 1e6,
                 psnr_vs_torch_db=fidelity.psnr,
@@ -109,13 +163,14 @@ def psnr_costs(student_config: Path, directory: Path) -> dict:
                 passed=file.verification.passed,
             )
         )
-        print(f"{file.weights:11s} cost {rows[-1]['psnr_cost_vs_fp16_db']:+.3f} dB, vs torch {fidelity.psnr:.1f} dB")
+        print(f"{file.path.name:40s} cost {rows[-1]['psnr_cost_vs_fp16_db']:+.3f} dB, vs torch {fidelity.psnr:.1f} dB")
     return dict(
         student=str(student_config),
         network=asdict(student.network_config),
         params=exported[0].params,
         frame=f"{frame.grid.height}x{frame.grid.width} rays -> {frame.output.height}x{frame.output.width}",
         test_views=len(student.test_views),
+        calibration_views=calibration_views,
         torch_psnr_vs_test_images_db=fp16.psnr_images_torch,
         results=rows,
     )
@@ -123,7 +178,7 @@ def psnr_costs(student_config: Path, directory: Path) -> dict:
 
 def goals(result: dict) -> list[str]:
     """The paper's fp16 size and the 4-bit goals, checked against what was measured."""
-    sizes = {row["weights"]: row for row in result["sizes"]["results"]}
+    sizes = {row["weights"]: row for row in result["sizes"]["results"] if row["format"] == "Core ML"}
     fp16, four_bit = sizes["fp16"], sizes["palettize4"]
     four_bit_floor = result["sizes"]["params"] * 0.5 / 1e6
     lines = [
@@ -151,18 +206,22 @@ def markdown(result: dict) -> str:
         f"# Core ML package sizes: paper MobileR2L ({sizes['params'] / 1e6:.2f} M params, "
         f"{sizes['gmac_per_frame']:.1f} GMAC per {result['frame']} frame)",
         "",
-        f"Random init, `rays` input, fp16 compute, iOS 16 target, compressed weights from "
-        f"{coreml.COMPRESSION_MIN_ELEMENTS} elements on (coremltools' default), the stem kept at >= "
-        f"{coreml.STEM_MIN_BITS} bits.",
+        f"Random init, `rays` input, fp16 compute, compressed weights from {coreml.COMPRESSION_MIN_ELEMENTS} "
+        f"elements on (coremltools' default), the stem kept at >= {coreml.STEM_MIN_BITS} bits; iOS 16 formats, "
+        "palettes per group of output channels (-g<size>, iOS 18), w8a8 (int8 activations too, iOS 17); ONNX "
+        "fp32 and static int8 QDQ (w8a8). Int8 activations calibrated on "
+        f"{result['calibration_views']} orbit poses.",
         "",
         *goals(result),
         "",
-        "| weights | package MB | weight file MB | program MB | bytes/param | convert or compress s |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| format | weights | size MB | weight file MB | program MB | bytes/param | convert or compress s |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for row in sizes["results"]:
+        weight_file = "–" if row["weight_file_mb"] is None else f"{row['weight_file_mb']:.2f}"
+        program = "–" if row["program_mb"] is None else f"{row['program_mb']:.3f}"
         lines.append(
-            f"| {row['weights']} | {row['size_mb']:.2f} | {row['weight_file_mb']:.2f} | {row['program_mb']:.3f} "
+            f"| {row['format']} | {row['weights']} | {row['size_mb']:.2f} | {weight_file} | {program} "
             f"| {row['bytes_per_param']:.3f} | {row['seconds']:.1f} |"
         )
     costs = result.get("psnr_costs")
@@ -172,15 +231,17 @@ def markdown(result: dict) -> str:
             f"## PSNR cost on a trained student ({costs['params'] / 1e3:.0f} K params, width "
             f"{costs['network']['width']}, {costs['network']['num_blocks']} blocks, {costs['frame']})",
             "",
-            f"`pose` packages executed by the torch MIL interpreter on {costs['test_views']} test views. The torch "
+            f"`pose` exports on {costs['test_views']} test views (Core ML executed by the torch MIL interpreter, ONNX "
+            f"by onnxruntime; int8 activations calibrated on {costs['calibration_views']} pseudo views). The torch "
             f"student scores {costs['torch_psnr_vs_test_images_db']:.2f} dB against the test images.",
             "",
-            "| weights | size MB | PSNR vs test images dB | cost vs fp16 dB | PSNR vs torch dB | max abs RGB | check |",
-            "|---|---:|---:|---:|---:|---:|---|",
+            "| format | weights | size MB | PSNR vs test images dB | cost vs fp16 dB | PSNR vs torch dB | max abs RGB "
+            "| check |",
+            "|---|---|---:|---:|---:|---:|---:|---|",
         ]
         for row in costs["results"]:
             lines.append(
-                f"| {row['weights']} | {row['size_mb']:.3f} | {row['psnr_vs_test_images_db']:.3f} "
+                f"| {row['format']} | {row['weights']} | {row['size_mb']:.3f} | {row['psnr_vs_test_images_db']:.3f} "
                 f"| {row['psnr_cost_vs_fp16_db']:+.3f} | {row['psnr_vs_torch_db']:.1f} | {row['max_abs_rgb']:.1e} "
                 f"| {'pass' if row['passed'] else 'FAIL'} |"
             )
@@ -194,10 +255,11 @@ def main(args: Args) -> None:
         result = dict(
             frame=f"{h}x{w} rays -> {h * s}x{w * s} RGB",
             network=asdict(args.network),
+            calibration_views=args.calibration_views,
             sizes=package_sizes(args, Path(directory)),
         )
         if args.student is not None:
-            result["psnr_costs"] = psnr_costs(args.student, Path(directory))
+            result["psnr_costs"] = psnr_costs(args.student, Path(directory), args.calibration_views)
     write_results("export_sizes", result, markdown(result), args.output_dir)
 
 

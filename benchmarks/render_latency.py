@@ -3,25 +3,33 @@ it replaces (vanilla NeRF and the paper's NAS-NeRF S / XS / XXS Lego cells).
 
     .venv/bin/python benchmarks/render_latency.py [--repeats 10] [--teacher-crop 48]
 
-Student: each path renders the same encoded 100×100 ray grid to 800×800; median of `repeats` timed calls taken
-round-robin across paths after warm-up (compilation included in warm-up), the speed-up over eager fp32 and the
-largest RGB difference from it. Teachers: a NeRF frame costs the same per ray everywhere (64 + 128 samples per
+Student: each path (torch eager / channels-last / bf16 / compiled, ONNX Runtime fp32 and static int8 QDQ as
+`ns-export-mobile onnx --quantize int8` writes it) renders the same encoded 100×100 ray grid to 800×800; median
+of `repeats` timed calls taken round-robin across paths after warm-up (compilation included in warm-up), the
+speed-up over eager fp32 and the largest RGB difference from it. Each path's GMAC/s is also given as a fraction
+of this machine's ceiling for its dtype: the best GMAC/s of one 1×1 conv of the backbone's shape (width → width
+over the ray grid) at fp32 (torch or ONNX Runtime), bf16 (torch, channels-last) and int8 (ONNX Runtime
+QLinearConv, int8 in and out). Teachers: a NeRF frame costs the same per ray everywhere (64 + 128 samples per
 ray, no early exit), and an 800×800 frame takes minutes to hours here, so each renders a `teacher_crop`² patch
 of the frame through `get_outputs_for_camera` (bf16 fields, the training default on CPU), scaled by the pixel
 ratio. Results: benchmarks/results/render_latency.{json,md}.
 """
 
+import copy
+import math
 import os
 import statistics
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 import tyro
 from common import RESULTS, timed, write_results
 from nerfstudio.data.scene_box import SceneBox
-from torch import Tensor
+from torch import Tensor, nn
 
 from nas_nerf.complexity import model_complexity
 from nas_nerf.configs import PAPER_LEGO_CELLS
@@ -29,6 +37,10 @@ from nas_nerf.model import NASNeRFModelConfig
 from nerfstudio_mobile.common.intrinsics import Intrinsics
 from nerfstudio_mobile.common.timing import round_robin_seconds
 from nerfstudio_mobile.demo.run_estimate import looking_at_origin
+from nerfstudio_mobile.export.graphs import export_graph
+from nerfstudio_mobile.export.onnx import export_onnx, onnx, ort
+from nerfstudio_mobile.export.onnx_int8 import quantize_int8
+from nerfstudio_mobile.export.sidecar import ExportFrame
 from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig, encode_rays, pinhole_rays
 from nerfstudio_mobile.mobile_r2l.network import (
     LightFieldNetwork,
@@ -52,7 +64,9 @@ class Args:
     """Side of the centre patch each teacher renders (the frame time is scaled from it)."""
     teacher_repeats: int = 3
     threads: int | None = None
-    """torch intra-op threads (default: torch's choice, one per core)."""
+    """torch and ONNX Runtime intra-op threads (default: torch's choice, one per core)."""
+    calibration_poses: int = 8
+    """Poses whose encoded rays calibrate the ORT int8 path's activations."""
     output_dir: Path = RESULTS
 
 
@@ -63,15 +77,62 @@ def cpu_model() -> str:
     return "unknown CPU"
 
 
-def example_rays(grid: int, config: RayEncodingConfig) -> Tensor:
+def orbit_pose(angle: float) -> Tensor:
+    """`looking_at_origin` turned by `angle` radians about the vertical axis (y)."""
+    c, s = math.cos(angle), math.sin(angle)
+    rotation = torch.tensor([[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]])
+    return rotation @ looking_at_origin()
+
+
+def example_rays(grid: int, config: RayEncodingConfig, c2w: Tensor | None = None) -> Tensor:
     """The encoded low-res ray grid of the 800×800 frame (the frame's intrinsics scaled to the grid)."""
     intrinsics = Intrinsics(FOCAL, FOCAL, FRAME / 2, FRAME / 2, FRAME, FRAME).resized(grid, grid)
     fx, fy, cx, cy = (torch.tensor([value]) for value in (intrinsics.fx, intrinsics.fy, intrinsics.cx, intrinsics.cy))
-    origins, directions = pinhole_rays(looking_at_origin()[None], fx, fy, cx, cy, height=grid, width=grid)
+    pose = looking_at_origin() if c2w is None else c2w
+    origins, directions = pinhole_rays(pose[None], fx, fy, cx, cy, height=grid, width=grid)
     return encode_rays(origins, directions, 2.0, 6.0, config)
 
 
-def student_rows(args: Args) -> list[dict]:
+def ort_session(path: Path, threads: int) -> "ort.InferenceSession":
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def ort_paths(
+    net: LightFieldNetwork, args: Args, directory: Path
+) -> dict[str, Callable[[], Callable[[Tensor], Tensor]]]:
+    """ONNX Runtime fp32, and int8 as the export writes it (calibrated on the rays of a few orbit poses)."""
+    frame = ExportFrame(
+        output=Intrinsics(FOCAL, FOCAL, FRAME / 2, FRAME / 2, FRAME, FRAME),
+        network=args.network,
+        encoding=RayEncodingConfig(),
+        near=2.0,
+        far=6.0,
+        dataparser_transform=((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0)),
+        dataparser_scale=1.0,
+    )
+    grid = FRAME // args.network.upscale
+    threads = torch.get_num_threads()
+    fp32, int8 = directory / "student.onnx", directory / "student-int8.onnx"
+
+    def run(path: Path) -> Callable[[Tensor], Tensor]:
+        session = ort_session(path, threads)
+        return lambda x: torch.from_numpy(session.run(None, {"rays": x.numpy()})[0])
+
+    def build_fp32() -> Callable[[Tensor], Tensor]:
+        export_onnx(export_graph(net, frame, "rays"), frame, "rays", fp32, {})
+        return run(fp32)
+
+    def build_int8() -> Callable[[Tensor], Tensor]:
+        poses = [orbit_pose(2 * math.pi * i / args.calibration_poses) for i in range(args.calibration_poses)]
+        quantize_int8(fp32, int8, "rays", [example_rays(grid, RayEncodingConfig(), pose) for pose in poses], {})
+        return run(int8)
+
+    return {"ONNX Runtime fp32": build_fp32, "ONNX Runtime int8 (QDQ S8S8)": build_int8}
+
+
+def student_rows(args: Args, directory: Path) -> list[dict]:
     x = example_rays(FRAME // args.network.upscale, RayEncodingConfig())
     net = LightFieldNetwork(args.network).eval()
 
@@ -79,13 +140,16 @@ def student_rows(args: Args) -> list[dict]:
     def eager(x: Tensor) -> Tensor:
         return net(x)
 
-    # Factories, so a path's setup (fold, cast, compile) is timed on its own.
+    # Factories, so a path's setup (fold, cast, compile, export) is timed on its own; the int8 one quantizes the
+    # fp32 file, so it comes after it.
     paths: dict[str, Callable[[], Callable[[Tensor], Tensor]]] = {
         "eager fp32": lambda: eager,
         "channels-last fp32": lambda: prepare_for_inference(net, channels_last=True, bf16=False),
         "channels-last bf16": lambda: prepare_for_inference(net, channels_last=True, bf16=True),
         "compiled bf16 + channels-last + freezing": lambda: prepare_for_inference(net, bf16=True, compile=True),
+        **ort_paths(net, args, directory),
     }
+    dtypes = dict(zip(paths, ("fp32", "fp32", "bf16", "bf16", "fp32", "int8"), strict=True))
 
     def set_up(build: Callable[[], Callable[[Tensor], Tensor]]) -> tuple[Callable[[Tensor], Tensor], Tensor]:
         render = build()
@@ -96,7 +160,14 @@ def student_rows(args: Args) -> list[dict]:
     for name, build in paths.items():
         (render, out), setup_s = timed(lambda build=build: set_up(build))
         renders[name] = lambda render=render: render(x)
-        rows.append(dict(path=name, setup_s=setup_s, max_abs_rgb_error=(out - reference)[:, :3].abs().max().item()))
+        rows.append(
+            dict(
+                path=name,
+                dtype=dtypes[name],
+                setup_s=setup_s,
+                max_abs_rgb_error=(out - reference)[:, :3].abs().max().item(),
+            )
+        )
     times = round_robin_seconds(renders, args.repeats, warmup=args.warmup)
     macs = count_macs(args.network, FRAME // args.network.upscale, FRAME // args.network.upscale)
     for row in rows:
@@ -105,6 +176,85 @@ def student_rows(args: Args) -> list[dict]:
         row["speedup_vs_eager_fp32"] = rows[0]["median_ms"] / row["median_ms"]
         row["gmac_per_s"] = macs / 1e9 / (row["median_ms"] / 1e3)
     return rows
+
+
+def qlinear_conv_model(x: np.ndarray, weight: np.ndarray) -> "onnx.ModelProto":
+    """One int8 1x1 conv in ONNX Runtime's QOperator form (QLinearConv: int8 activations in and out, int8 weights
+    with one scale per output channel), so that no quantize / dequantize is timed with it."""
+    helper, tensor = onnx.helper, onnx.numpy_helper.from_array
+    channels = weight.shape[0]
+    scales = np.abs(weight).reshape(channels, -1).max(axis=1) / 127
+    initializers = [
+        tensor(np.array(np.abs(x).max() / 127, dtype=np.float32), "x_scale"),
+        tensor(np.array(0, dtype=np.int8), "x_zero_point"),
+        tensor(np.round(weight / scales[:, None, None, None]).astype(np.int8), "w"),
+        tensor(scales.astype(np.float32), "w_scale"),
+        tensor(np.zeros(channels, dtype=np.int8), "w_zero_point"),
+        tensor(np.array(0.05, dtype=np.float32), "y_scale"),
+        tensor(np.array(0, dtype=np.int8), "y_zero_point"),
+    ]
+    inputs = ["x", "x_scale", "x_zero_point", "w", "w_scale", "w_zero_point", "y_scale", "y_zero_point"]
+    graph = helper.make_graph(
+        [helper.make_node("QLinearConv", inputs, ["y"])],
+        "qlinearconv",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.INT8, list(x.shape))],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.INT8, [1, channels, *x.shape[2:]])],
+        initializers,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def conv_ceilings(width: int, grid: int, repeats: int, warmup: int, directory: Path) -> dict[str, dict]:
+    """{dtype: {"gmac_per_s", "engine"}}: the best GMAC/s one 1×1 conv (width → width over a grid² ray grid, the
+    backbone's op) reaches here per dtype and engine, median of `repeats` round-robin calls."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(width, width, 1).eval()
+    x = torch.randn(1, width, grid, grid)
+    threads = torch.get_num_threads()
+
+    def torch_conv(dtype: torch.dtype) -> Callable[[], object]:
+        layer = copy.deepcopy(conv).to(dtype=dtype, memory_format=torch.channels_last)  # Module.to is in place
+        data = x.to(dtype=dtype, memory_format=torch.channels_last)
+        return torch.inference_mode()(lambda: layer(data))
+
+    def ort_conv(model: "onnx.ModelProto", name: str, data: np.ndarray) -> Callable[[], object]:
+        path = directory / f"{name}.onnx"
+        onnx.save(model, str(path))
+        session = ort_session(path, threads)
+        return lambda: session.run(None, {"x": data})
+
+    fp32_model = onnx.helper.make_model(
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Conv", ["x", "w", "b"], ["y"])],
+            "conv",
+            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(x.shape))],
+            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, list(x.shape))],
+            [
+                onnx.numpy_helper.from_array(conv.weight.detach().float().numpy(), "w"),
+                onnx.numpy_helper.from_array(conv.bias.detach().float().numpy(), "b"),
+            ],
+        ),
+        opset_imports=[onnx.helper.make_opsetid("", 17)],
+    )
+    x_int8 = np.clip(np.round(x.numpy() / (np.abs(x.numpy()).max() / 127)), -127, 127).astype(np.int8)
+    kernels = {
+        ("fp32", "torch channels-last"): torch_conv(torch.float32),
+        ("fp32", "ONNX Runtime"): ort_conv(fp32_model, "conv-fp32", x.numpy()),
+        ("bf16", "torch channels-last"): torch_conv(torch.bfloat16),
+        ("int8", "ONNX Runtime QLinearConv"): ort_conv(
+            qlinear_conv_model(x.numpy(), conv.weight.detach().float().numpy()), "conv-int8", x_int8
+        ),
+    }
+    times = round_robin_seconds(
+        {f"{dtype} {engine}": work for (dtype, engine), work in kernels.items()}, repeats, warmup
+    )
+    gmac = width * width * grid * grid / 1e9
+    ceilings: dict[str, dict] = {}
+    for dtype, engine in kernels:
+        rate = gmac / statistics.median(times[f"{dtype} {engine}"])
+        if rate > ceilings.get(dtype, {}).get("gmac_per_s", 0.0):
+            ceilings[dtype] = dict(gmac_per_s=rate, engine=engine)
+    return ceilings
 
 
 def teacher_rows(args: Args) -> list[dict]:
@@ -131,7 +281,12 @@ def main(args: Args) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     load_before = os.getloadavg()
-    students = student_rows(args)
+    grid = FRAME // args.network.upscale
+    with tempfile.TemporaryDirectory() as directory:
+        students = student_rows(args, Path(directory))
+        ceilings = conv_ceilings(args.network.width, grid, args.repeats, args.warmup, Path(directory))
+    for row in students:
+        row["ceiling_fraction"] = row["gmac_per_s"] / ceilings[row["dtype"]]["gmac_per_s"]
     teachers = teacher_rows(args)
     fastest = min(row["median_ms"] for row in students)
     for row in teachers:
@@ -139,7 +294,7 @@ def main(args: Args) -> None:
     result = dict(
         frame=f"{FRAME}x{FRAME}",
         network=asdict(args.network),
-        gmacs_per_frame=count_macs(args.network, FRAME // args.network.upscale, FRAME // args.network.upscale) / 1e9,
+        gmacs_per_frame=count_macs(args.network, grid, grid) / 1e9,
         repeats=args.repeats,
         teacher_crop=args.teacher_crop,
         machine=dict(
@@ -147,12 +302,14 @@ def main(args: Args) -> None:
             cores=os.cpu_count(),
             torch_threads=torch.get_num_threads(),
             torch=torch.__version__,
+            onnxruntime=ort.__version__,
             cpu_capability=torch.backends.cpu.get_cpu_capability(),
             avx512_bf16=torch.cpu._is_avx512_bf16_supported(),
             amx=torch.cpu._is_amx_tile_supported(),
             load_average_before=load_before,
             load_average_after=os.getloadavg(),
         ),
+        conv_ceilings=dict(shape=f"1x1 conv {args.network.width}->{args.network.width} over {grid}x{grid}", **ceilings),
         student=students,
         teachers=teachers,
     )
@@ -160,23 +317,31 @@ def main(args: Args) -> None:
 
 
 def markdown(result: dict) -> str:
-    machine = result["machine"]
+    machine, ceilings = result["machine"], result["conv_ceilings"]
     lines = [
         f"## Render latency of one {result['frame']} frame ({machine['cpu']}, {machine['torch_threads']} threads)",
         "",
-        f"torch {machine['torch']}, {machine['cpu_capability']}, avx512_bf16={machine['avx512_bf16']}, "
-        f"amx={machine['amx']}; load average {machine['load_average_before'][0]:.2f} before / "
-        f"{machine['load_average_after'][0]:.2f} after.",
+        f"torch {machine['torch']}, onnxruntime {machine['onnxruntime']}, {machine['cpu_capability']}, "
+        f"avx512_bf16={machine['avx512_bf16']}, amx={machine['amx']}; load average "
+        f"{machine['load_average_before'][0]:.2f} before / {machine['load_average_after'][0]:.2f} after.",
+        "",
+        f"Ceilings ({ceilings['shape']}, the backbone's op): "
+        + ", ".join(
+            f"{dtype} {ceilings[dtype]['gmac_per_s']:.0f} GMAC/s ({ceilings[dtype]['engine']})"
+            for dtype in ("fp32", "bf16", "int8")
+        )
+        + ".",
         "",
         f"Student (MobileR2L, {result['gmacs_per_frame']:.1f} GMAC/frame), median of {result['repeats']} frames:",
         "",
-        "| path | median ms | min ms | vs eager fp32 | GMAC/s | max abs RGB error | setup s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| path | dtype | median ms | min ms | vs eager fp32 | GMAC/s | of its ceiling | max abs RGB error | setup s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in result["student"]:
         lines.append(
-            f"| {r['path']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} | {r['speedup_vs_eager_fp32']:.2f}× "
-            f"| {r['gmac_per_s']:.0f} | {r['max_abs_rgb_error']:.1e} | {r['setup_s']:.1f} |"
+            f"| {r['path']} | {r['dtype']} | {r['median_ms']:.1f} | {r['min_ms']:.1f} "
+            f"| {r['speedup_vs_eager_fp32']:.2f}× | {r['gmac_per_s']:.0f} | {r['ceiling_fraction']:.0%} "
+            f"| {r['max_abs_rgb_error']:.1e} | {r['setup_s']:.1f} |"
         )
     lines += [
         "",
