@@ -327,8 +327,11 @@ def test_distorted_pixels_are_opencv_and_nerfstudio_rays() -> None:
     ours = ray_directions(u, v, size, angle, DISTORTION)
     pixels = torch.stack([u, v], -1).reshape(-1, 1, 2).double().numpy()
     criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 100, 1e-12)
-    opencv = cv2.undistortPointsIter(
-        pixels - 0.5, _opencv_matrix(size, angle), np.array(DISTORTION), None, None, criteria
+    # nerfstudio's dependencies install both opencv-python 5 and opencv-python-headless 4, and either may end up
+    # as `cv2`: OpenCV 5 folded undistortPointsIter into undistortPoints.
+    undistort = getattr(cv2, "undistortPointsIter", None) or cv2.undistortPoints
+    opencv = undistort(
+        pixels - 0.5, _opencv_matrix(size, angle), np.array(DISTORTION), R=None, P=None, criteria=criteria
     )
     assert np.allclose(ours[..., :2].reshape(-1, 2) * torch.tensor([1.0, -1.0]), opencv[:, 0], atol=1e-5)
 
