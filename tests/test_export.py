@@ -302,6 +302,7 @@ def test_missing_optional_dependencies_say_what_to_install(monkeypatch: pytest.M
     # ONNX int8 needs onnxruntime's quantization extra (ml-dtypes); fp32 ONNX does not.
     monkeypatch.setitem(sys.modules, "ml_dtypes", None)
     monkeypatch.delitem(sys.modules, "nerfstudio_mobile.export.onnx_int8", raising=False)
+    monkeypatch.delattr("nerfstudio_mobile.export.onnx_int8", raising=False)  # `from package import module` reads it
     OnnxExport(load_config=Path("config.yml"), output_dir=Path("out")).require_dependencies()
     with pytest.raises(MissingDependencyError, match="pip install ml-dtypes"):
         OnnxExport(load_config=Path("config.yml"), output_dir=Path("out"), quantize=("int8",)).require_dependencies()
@@ -387,7 +388,8 @@ def test_onnx_int8_matches_torch(onnx_files: OnnxFiles, mode: str) -> None:
     assert exported.path.name.endswith(f"-{mode}-int8.onnx")
     assert exported.verification.problems == []  # includes: QDQ int8 activations and per-channel int8 weights
     assert exported.verification.passed, exported.verification.failures
-    assert exported.size_bytes < 0.5 * onnx_files[mode, "fp32"].size_bytes
+    # int8 weights; the stem, the last super-resolution stage and the heads stay fp32 (a larger share in this tiny net)
+    assert exported.size_bytes < 0.6 * onnx_files[mode, "fp32"].size_bytes
     assert json.loads(exported.path.with_suffix(".json").read_text())["weights"] == "w8a8"
 
 
@@ -430,8 +432,9 @@ def test_altered_quantized_weights_fail_verification(
     sidecar = json.loads(exported.path.with_suffix(".json").read_text())
     cases = view_cases(student, frame, "pose")
     verification = verify_coreml(path, frame, "pose", weights, exported.params, sidecar, cases)
+    assert verification.problems == []  # the layout is intact: the PSNR alone catches it
     assert not verification.passed
-    assert verification.fidelity.psnr < min_psnr(weights) - 5
+    assert verification.fidelity.psnr < min(min_psnr(weights), exported.verification.fidelity.psnr - 5)
 
 
 @pytest.mark.slow
@@ -457,8 +460,9 @@ def test_altered_onnx_int8_weights_fail_verification(
     sidecar = json.loads(exported.path.with_suffix(".json").read_text())
     cases = view_cases(student, frame, "rays")
     verification = verify_onnx(path, frame, "rays", sidecar, cases, "w8a8")
+    assert verification.problems == []
     assert not verification.passed
-    assert verification.fidelity.psnr < MIN_PSNR["w8a8"] - 5
+    assert verification.fidelity.psnr < min(MIN_PSNR["w8a8"], exported.verification.fidelity.psnr - 5)
     fp32 = onnx_files["rays", "fp32"]
     fp32_sidecar = json.loads(fp32.path.with_suffix(".json").read_text())
     as_int8 = verify_onnx(fp32.path, frame, "rays", fp32_sidecar, cases, "w8a8")

@@ -16,7 +16,7 @@ from nerfstudio_mobile.export.coreml import (
     STEM_MIN_BITS,
     ct,
     deployment_target,
-    fp16_activation_convs,
+    float_activation_ops,
     is_network_op,
 )
 from nerfstudio_mobile.export.mil import Package, dtype_name, read_package, run_program
@@ -163,37 +163,23 @@ def _reads_int8(op: Operation) -> bool:
     return producer is not None and producer.op_type == "dequantize" and dtype_name(producer.inputs["input"]) == "int8"
 
 
-def _downstream(op: Operation) -> list[Operation]:
-    """Every op that reads `op`'s outputs, directly or not."""
-    pending, seen, found = [op], {op.name}, []
-    while pending:
-        for var in pending.pop().outputs:
-            for child in var.child_ops:
-                if child.name not in seen:
-                    seen.add(child.name)
-                    found.append(child)
-                    pending.append(child)
-    return found
-
-
 def check_activations(package: Package, weights: WeightFormat) -> list[str]:
-    """w8a8: every conv but the stem reads an int8 activation (quantize -> dequantize), the stem reads fp16, and
-    nothing after the heads is quantized (the image and depth keep fp16); any other format has no activation
-    quantization at all."""
+    """w8a8: every conv reads an int8 activation (quantize -> dequantize) but the `float_activation_ops` (stem,
+    last super-resolution stage, heads), which read fp16, and nothing from the last conv transpose on is
+    quantized; any other format has no activation quantization at all."""
     operations = list(package.main.operations)
     if weights.kind != "w8a8":
         quantized = sum(op.op_type == "quantize" for op in operations)
         return [f"{quantized} activation quantize ops in a {weights.kind} package"] if quantized else []
-    convs = [op for op in operations if op.op_type == "conv"]
+    fp16 = float_activation_ops(package.main)
     problems = []
-    for index, op in enumerate(convs):
-        expected, found = "fp16" if index == 0 else "int8", "int8" if _reads_int8(op) else "fp16"
-        if found != expected:
-            problems.append(f"conv ({op.name}) reads {found} activations, expected {expected}")
-    stem = convs[0].name
-    for head in (op for op in convs if op.name in fp16_activation_convs(package.main) - {stem}):
-        if any(child.op_type == "quantize" for child in _downstream(head)):
-            problems.append(f"the output of head conv {head.name} is quantized")
+    for op in operations:
+        if op.op_type == "conv":
+            expected, found = "fp16" if op.name in fp16 else "int8", "int8" if _reads_int8(op) else "fp16"
+            if found != expected:
+                problems.append(f"conv ({op.name}) reads {found} activations, expected {expected}")
+        elif op.op_type == "quantize" and op.name in fp16:
+            problems.append(f"quantize ({op.name}) in the part that keeps fp16 activations")
     return problems
 
 
