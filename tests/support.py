@@ -11,6 +11,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import imageio.v2 as imageio
@@ -162,6 +163,13 @@ def write_fault_injector(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "sitecustomize.py").write_text(FAULT_SITECUSTOMIZE.read_text())
     return directory
+
+
+def console_script(name: str) -> Callable[[], object]:
+    """The function the console script `name` (a name or a path) calls, found as the script's own wrapper finds it
+    (the installed entry points: ours from pyproject's [project.scripts], nerfstudio's ns-train)."""
+    (script,) = entry_points(group="console_scripts", name=Path(name).name)
+    return script.load()
 
 
 def run_until_killed(

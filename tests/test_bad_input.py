@@ -1,21 +1,30 @@
 """Bad input, one table: every ns-* command of ours and both `ns-train` methods, fed missing and wrong paths, the
 wrong kind of run, malformed JSON/YAML, a truncated checkpoint, a corrupt cache, shapes that don't divide, a folder
-that can't be made and a full disk. Each is run as a user runs it (the real console script, in its own folder)
-and must end with exit status 2 and one line that says what to do, leaving nothing half-written that a later run
-would trust; a corrupt pseudo view is the one fault that is repaired instead (exit 0)."""
+that can't be made and a full disk. Each runs the real console script in its own folder and must end with exit
+status 2 and one line that says what to do, leaving nothing half-written that a later run would trust; a corrupt
+pseudo view is the one fault that is repaired instead (exit 0).
+
+A few cases run as a user runs them, the console script in its own process: every full disk (a file size limit on
+the test process would limit pytest too) and one more case of each command without one. The others call the same
+console script's entry point (looked up as the script looks it up) in the test process, with its arguments and
+folder: a process of their own would only add seconds of imports each."""
 
 from __future__ import annotations
 
+import random
 import resource
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pytest
-from support import ns_command
+import torch
+from support import console_script, entrypoint_in_process, ns_command
 
 BROKEN_JSON = '{"frames": ['
 BROKEN_YAML = "pipeline: [1\n"
@@ -61,7 +70,9 @@ def truncated_student(tmp_path: Path, runs: dict[str, Path]) -> None:
 def corrupt_view(tmp_path: Path, runs: dict[str, Path]) -> None:
     """A complete two-view cache whose first view lost its end (the archive's directory)."""
     argv = [ns_command("ns-mobile-pseudo-views"), "--datamanager.teacher-config", str(runs["teacher"]), *PSEUDO_VIEWS]
-    subprocess.run(argv, cwd=tmp_path, capture_output=True, check=True, timeout=600)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(tmp_path)
+        entrypoint_in_process(console_script(argv[0]), argv)
     view = tmp_path / "cache" / "views" / "00000000.npz"
     view.write_bytes(view.read_bytes()[:-100])
 
@@ -88,6 +99,12 @@ class BadInput:
     """Globs that must match something afterwards."""
     one_line: bool = True
     """False for errors tyro reports while it parses ns-train's flags: its usage box, exit 2, no traceback."""
+    process: bool = False
+    """Run in a process of its own, as a user runs it (always so with `file_size_limit`); else in the test process."""
+
+    @property
+    def own_process(self) -> bool:
+        return self.process or self.file_size_limit is not None
 
     @property
     def fixtures(self) -> tuple[str, ...]:
@@ -101,9 +118,9 @@ class BadInput:
 
 
 def case(name: str, *argv: str, **fields: object) -> object:
-    """One row: a readable id; `slow`, as every case starts a real console script."""
+    """One row: a readable id; `slow`, as every case runs a real console script (nerfstudio's imports, seconds)."""
     bad = BadInput(argv, **fields)  # type: ignore[arg-type]
-    return pytest.param(bad, id=name, marks=[pytest.mark.slow])  # a real ns-* process each: seconds of imports
+    return pytest.param(bad, id=name, marks=[pytest.mark.slow])
 
 
 CASES = [
@@ -130,7 +147,7 @@ CASES = [
     case("complexity-malformed-config", "ns-nas-complexity", "--load-config", "config.yml",
          files={"config.yml": BROKEN_YAML}, says="is not valid YAML"),
     case("complexity-student-run", "ns-nas-complexity", "--load-config", "{student}",
-         says="pass the config.yml of a nas-nerf run"),
+         says="pass the config.yml of a nas-nerf run", process=True),
     # ns-nas-search
     case("search-missing-data", "ns-nas-search", "--data", "nowhere", "--output-dir", "search",
          says="ns-process-data", left_out=("search",)),
@@ -200,11 +217,16 @@ CASES = [
     case("train-mobile-r2l-truncated-teacher-checkpoint", "ns-train", "mobile-r2l", *TINY_STUDENT,
          "--pipeline.datamanager.teacher-config", "copies/scene/nas-nerf/run/config.yml",
          prepare=truncated_teacher, uses=("teacher",), says="delete it to resume from an earlier one",
-         left_out=("cache",)),
+         left_out=("cache",), process=True),
     case("train-mobile-r2l-corrupt-cache-meta", "ns-train", "mobile-r2l", *TINY_STUDENT,
          "--pipeline.datamanager.teacher-config", "{teacher}", files={"cache/meta.json": BROKEN_JSON}, says="delete",
          left_out=("cache/views/*.npz",)),
 ]  # fmt: skip
+BAD_INPUTS: list[BadInput] = [param.values[0] for param in CASES]  # type: ignore[attr-defined]
+# The console scripts' wiring (pyproject's [project.scripts], nerfstudio's ns-train with our methods) stays tested as
+# a user starts it: each of the 8 commands has a case in a process of its own.
+assert {bad.prefix for bad in BAD_INPUTS if bad.own_process} == {bad.prefix for bad in BAD_INPUTS}
+assert len({bad.prefix for bad in BAD_INPUTS}) == 8
 
 
 def limit_file_size(limit: int) -> Callable[[], None]:
@@ -217,22 +239,68 @@ def limit_file_size(limit: int) -> Callable[[], None]:
     return apply
 
 
+def run_in_process(argv: list[str], cwd: Path, capfd: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """Exit status and output (stdout, then stderr) of the console script argv[0] run in the test process, in `cwd`,
+    with `argv`, as the interpreter would end it: SystemExit's code, None as 0, a message printed and 1. Any other
+    exception propagates (a traceback: the test fails). The torch thread count and the random generators (ns-train
+    seeds them) are restored for the tests that follow."""
+    main = console_script(argv[0])
+    capfd.readouterr()  # what the set-up printed is not the command's
+    threads, states = torch.get_num_threads(), (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    code, message = 0, ""
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(cwd)
+            patch.setattr(sys, "argv", argv)
+            main()
+    except SystemExit as exit_:
+        if isinstance(exit_.code, int) or exit_.code is None:
+            code = exit_.code or 0
+        else:
+            code, message = 1, f"{exit_.code}\n"
+    finally:
+        torch.set_num_threads(threads)
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+    out, err = capfd.readouterr()
+    return code, out + err + message
+
+
+def run_in_own_process(argv: list[str], cwd: Path, file_size_limit: int | None) -> tuple[int, str]:
+    """Exit status and output (stdout, then stderr) of the console script argv[0] run as its own process."""
+    limit = limit_file_size(file_size_limit) if file_size_limit else None
+    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=900, preexec_fn=limit)
+    return result.returncode, result.stdout + result.stderr
+
+
+@pytest.fixture
+def runs(bad: BadInput, request: pytest.FixtureRequest) -> dict[str, Path]:
+    """The paths of the shared fixtures `bad` needs, by placeholder name. Requested here, in the test's setup, so
+    that the first case to need a trained run shows its training as setup, not as the case's own time."""
+    return {key: request.getfixturevalue(FIXTURES[key]) for key in bad.fixtures}
+
+
 @pytest.mark.parametrize("bad", CASES)
 def test_bad_input_is_one_line_that_says_what_to_do(
-    bad: BadInput, tmp_path: Path, request: pytest.FixtureRequest, record_property: Callable[[str, object], None]
+    bad: BadInput,
+    runs: dict[str, Path],
+    tmp_path: Path,
+    capfd: pytest.CaptureFixture[str],
+    record_property: Callable[[str, object], None],
 ) -> None:
     record_property("outcome", "clear error" if bad.exit_code == 2 else "survived")  # for benchmarks/faults.py
-    runs = {key: request.getfixturevalue(FIXTURES[key]) for key in bad.fixtures}
     for name, text in bad.files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text(text)
     if bad.prepare is not None:
         bad.prepare(tmp_path, runs)
     argv = [ns_command(bad.argv[0]), *(arg.format(**{k: str(v) for k, v in runs.items()}) for arg in bad.argv[1:])]
-    limit = limit_file_size(bad.file_size_limit) if bad.file_size_limit else None
-    result = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=900, preexec_fn=limit)
-    printed = result.stdout + result.stderr
-    assert result.returncode == bad.exit_code and "Traceback" not in printed, printed[-4000:]
+    if bad.own_process:
+        code, printed = run_in_own_process(argv, tmp_path, bad.file_size_limit)
+    else:
+        code, printed = run_in_process(argv, tmp_path, capfd)
+    assert code == bad.exit_code and "Traceback" not in printed, printed[-4000:]
     assert bad.says in " ".join(printed.replace("│", " ").split()), printed[-4000:]
     if bad.exit_code == 2 and bad.one_line:
         lines = [line for line in printed.splitlines() if line.startswith(bad.prefix)]
