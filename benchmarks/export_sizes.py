@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 import tyro
 from common import RESULTS, timed, write_results
-from render_latency import orbit_pose
+from render_latency import orbit_pose, synthetic_frame
 from torch import Tensor
 
 from nerfstudio_mobile.common.files import file_size
@@ -41,7 +41,7 @@ from nerfstudio_mobile.export.sidecar import (
     weights_label,
 )
 from nerfstudio_mobile.export.student import load_student
-from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig, encode_rays, pinhole_rays
+from nerfstudio_mobile.mobile_r2l.encoding import encode_rays, pinhole_rays
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, LightFieldNetworkConfig
 
 FORMATS = (*COMPRESSIONS, *GROUPED_PALETTES, "w8a8")
@@ -69,15 +69,7 @@ def paper_frame(args: Args) -> ExportFrame:
     h, w = args.grid
     s = args.network.upscale
     focal = 0.5 * w * s / math.tan(math.radians(25))
-    return ExportFrame(
-        output=Intrinsics(focal, focal, w * s / 2, h * s / 2, w * s, h * s),
-        network=args.network,
-        encoding=RayEncodingConfig(),
-        near=2.0,
-        far=6.0,
-        dataparser_transform=((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0)),
-        dataparser_scale=1.0,
-    )
+    return synthetic_frame(Intrinsics(focal, focal, w * s / 2, h * s / 2, w * s, h * s), args.network)
 
 
 def calibration_rays(frame: ExportFrame, count: int) -> list[Tensor]:

@@ -93,6 +93,19 @@ def example_rays(grid: int, config: RayEncodingConfig, c2w: Tensor | None = None
     return encode_rays(origins, directions, 2.0, 6.0, config)
 
 
+def synthetic_frame(output: Intrinsics, network: LightFieldNetworkConfig) -> ExportFrame:
+    """An export frame for a benchmark network in a Blender-like world: near/far 2/6, identity dataparser."""
+    return ExportFrame(
+        output=output,
+        network=network,
+        encoding=RayEncodingConfig(),
+        near=2.0,
+        far=6.0,
+        dataparser_transform=((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0)),
+        dataparser_scale=1.0,
+    )
+
+
 def ort_session(path: Path, threads: int) -> "ort.InferenceSession":
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
@@ -103,15 +116,7 @@ def ort_paths(
     net: LightFieldNetwork, args: Args, directory: Path
 ) -> dict[str, Callable[[], Callable[[Tensor], Tensor]]]:
     """ONNX Runtime fp32, and int8 as the export writes it (calibrated on the rays of a few orbit poses)."""
-    frame = ExportFrame(
-        output=Intrinsics(FOCAL, FOCAL, FRAME / 2, FRAME / 2, FRAME, FRAME),
-        network=args.network,
-        encoding=RayEncodingConfig(),
-        near=2.0,
-        far=6.0,
-        dataparser_transform=((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0)),
-        dataparser_scale=1.0,
-    )
+    frame = synthetic_frame(Intrinsics(FOCAL, FOCAL, FRAME / 2, FRAME / 2, FRAME, FRAME), args.network)
     grid = FRAME // args.network.upscale
     threads = torch.get_num_threads()
     fp32, int8 = directory / "student.onnx", directory / "student-int8.onnx"

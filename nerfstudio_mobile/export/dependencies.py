@@ -3,7 +3,7 @@
 import importlib
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from types import ModuleType
 
 from nerfstudio_mobile.export.errors import MissingDependencyError
@@ -23,18 +23,23 @@ def require(module: str, package: str, purpose: str) -> ModuleType:
 
 
 @contextmanager
-def quiet_coremltools() -> Iterator[None]:
+def logger_level(name: str | None, level: int = logging.ERROR) -> Iterator[None]:
+    """Set logger `name` (None: the root logger) to `level` for the duration, then restore its own level."""
+    logger = logging.getLogger(name)
+    previous = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(previous)
+
+
+def quiet_coremltools() -> AbstractContextManager[None]:
     """Silence coremltools' warnings that are expected here: on Linux it reports the macOS-only libraries it
     cannot load, torch / scikit-learn versions newer than it was tested with (conversion, compression and
     reading packages back work with this environment's), tuple outputs being flattened (we name each output)
     and int64 shape constants stored as int32. Errors still show."""
-    ct_logger = logging.getLogger("coremltools")
-    level = ct_logger.level
-    ct_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        ct_logger.setLevel(level)
+    return logger_level("coremltools")
 
 
 def require_coremltools(purpose: str) -> ModuleType:

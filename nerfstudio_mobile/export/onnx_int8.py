@@ -3,16 +3,14 @@ runtimes take too. S8S8: int8 weights with one scale per output channel, int8 ac
 conv, their ranges (min-max) from calibration inputs (the student's pseudo views); `onnx.float_nodes` keep fp32.
 """
 
-import logging
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
 from nerfstudio_mobile.common.files import atomic_path
-from nerfstudio_mobile.export.dependencies import require
+from nerfstudio_mobile.export.dependencies import logger_level, require
 from nerfstudio_mobile.export.onnx import CONV_OPS, float_nodes, onnx, set_sidecar
 from nerfstudio_mobile.export.sidecar import InputMode
 
@@ -29,26 +27,15 @@ class _Samples(ort_quantization.CalibrationDataReader):
         return next(self._samples, None)
 
 
-@contextmanager
-def _quiet_quantizer() -> Iterator[None]:
-    """onnxruntime.quantization logs its pre-processing advice at WARNING on the root logger: the traced graph
-    already has static shapes and folded BatchNorm."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 def quantize_int8(
     source: Path, path: Path, mode: InputMode, calibration: Sequence[Tensor], sidecar: dict[str, Any]
 ) -> None:
     """Static S8S8 QDQ of the fp32 file at `source`, written to `path` atomically with `sidecar` in its metadata:
     int8 weights per output channel, int8 activations calibrated (min-max) on the `calibration` inputs of the
     graph's `mode` input, fp32 where `float_nodes` says."""
-    with atomic_path(path) as temp, _quiet_quantizer():
+    # onnxruntime.quantization logs pre-processing advice at WARNING on the root logger: the traced graph already has
+    # static shapes and folded BatchNorm.
+    with atomic_path(path) as temp, logger_level(None):
         ort_quantization.quantize_static(
             str(source),
             str(temp),
