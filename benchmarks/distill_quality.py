@@ -6,8 +6,9 @@ the gap, pseudo-view disk per view, render latency of both, and the phone packag
     python benchmarks/distill_quality.py --scene fox --teacher nerfacto   # a phone capture (OpenCV distortion)
 
 Each runs `ns-mobile-demo --data` (resumable: re-run after a kill), which trains on a shrunk copy of the scene
-under benchmarks/work/, and writes benchmarks/results/distill_<scene>[_<teacher>].{json,md} (no suffix for the
-nas-nerf teacher).
+under benchmarks/work/, and writes benchmarks/results/distill_<scene>[_<teacher>][_<label>].{json,md} (no suffix
+for the nas-nerf teacher). The markdown compares every other result of the same scene and teacher (other labels,
+e.g. `recipe-0.2`, the recipe before `distill_ablation.py`), student PSNR against the run's CPU minutes.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import tyro
-from common import SHARED_DATA, WORK, machine, write_results
+from common import RESULTS, SHARED_DATA, WORK, machine, write_results
 
 from nerfstudio_mobile.demo.demo import Demo
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetworkConfig
@@ -44,19 +45,24 @@ class DistillQuality:
     """Lego: every 8th of the 200 test views (eval on 2 cores stays affordable). Fern keeps LLFF's own split."""
     teacher_steps: int = 5000
     teacher_rays: int = 512
-    student_steps: int = 2000
-    pseudo_views: int = 150
-    student_width: int = 64
-    student_blocks: int = 6
+    student_steps: int = 6000
+    student_lr: float = 2e-3
+    """The demo's 5e-3 diverged at step ~4600 of 10k on lego (results/distill_lego_lr-5e-3.md)."""
+    pseudo_views: int = 500
+    student_width: int = 256
+    student_blocks: int = 8
+    label: str = ""
+    """Suffix of the results' name, to keep a variant's results beside the default recipe's."""
 
     def main(self) -> None:
-        name = f"distill_{self.scene}" + ("" if self.teacher == "nas-nerf" else f"_{self.teacher}")
+        stem = f"distill_{self.scene}" + ("" if self.teacher == "nas-nerf" else f"_{self.teacher}")
+        name = stem + (f"_{self.label}" if self.label else "")
         work = WORK / name
         demo = Demo(
             output_dir=work, data=SHARED_DATA / SCENES[self.scene], teacher=self.teacher,
             max_image_size=self.max_image_size or DEFAULT_SIZE[self.scene], max_test_views=self.max_test_views,
             teacher_steps=self.teacher_steps, teacher_rays=self.teacher_rays, student_steps=self.student_steps,
-            pseudo_views=self.pseudo_views,
+            pseudo_views=self.pseudo_views, student_lr=self.student_lr,
             student=LightFieldNetworkConfig(width=self.student_width, num_blocks=self.student_blocks),
         )  # fmt: skip
         demo.main()
@@ -66,7 +72,26 @@ class DistillQuality:
         summary["pseudo_view_bytes"] = sum(f.stat().st_size for f in files) / len(files)
         summary["machine"] = machine()
         summary["setup"] = {**vars(self), "max_image_size": demo.max_image_size}
-        write_results(name, summary, markdown(self.scene, summary))
+        others = {path.stem: json.loads(path.read_text()) for path in sorted(RESULTS.glob(f"{stem}*.json"))}
+        others = {key: value for key, value in others.items()
+                  if key != name and value["setup"].get("teacher", "nas-nerf") == self.teacher}  # fmt: skip
+        write_results(name, summary, markdown(self.scene, summary) + recipes_table(name, summary, others))
+
+
+def recipes_table(name: str, summary: dict, others: dict[str, dict]) -> str:
+    """This result beside the other recipes measured on the same scene and teacher: student PSNR against CPU
+    minutes end to end (teacher included)."""
+    if not others:
+        return ""
+    header = "| result | setup | CPU min (end to end) | teacher dB | student dB | gap dB |"
+    lines = ["", header, "|---|---|---|---|---|---|"]
+    for key, result in sorted({**others, name: summary}.items(), key=lambda item: item[1]["total_minutes"]):
+        keys = ("teacher_steps", "student_steps", "pseudo_views", "student_width", "student_blocks", "student_lr")
+        setup = {key: value for key, value in result["setup"].items() if key in keys}
+        teacher, student = result["teacher"]["psnr"], result["student"]["psnr"]
+        lines.append(f"| {key} | {setup} | {result['total_minutes']:.0f} | {teacher:.2f} | {student:.2f} "
+                     f"| {student - teacher:+.2f} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 def markdown(scene: str, summary: dict) -> str:

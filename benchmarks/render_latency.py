@@ -7,9 +7,9 @@ Student: each path (torch eager / channels-last / bf16 / compiled, ONNX Runtime 
 `ns-export-mobile onnx --quantize int8` writes it) renders the same encoded 100×100 ray grid to 800×800; median
 of `repeats` timed calls taken round-robin across paths after warm-up (compilation included in warm-up), the
 speed-up over eager fp32 and the largest RGB difference from it. Each path's GMAC/s is also given as a fraction
-of this machine's ceiling for its dtype: the best GMAC/s of one 1×1 conv of the backbone's shape (width → width
-over the ray grid) at fp32 (torch or ONNX Runtime), bf16 (torch, channels-last) and int8 (ONNX Runtime
-QLinearConv, int8 in and out). Teachers: a NeRF frame costs the same per ray everywhere (64 + 128 samples per
+of this machine's ceiling for its dtype: the best GMAC/s of chained 1×1 convs of the backbone's shape (width → width
+over the ray grid) at fp32 (torch compiled or ONNX Runtime), bf16 (torch compiled, channels-last) and int8 (ONNX
+Runtime QLinearConv, int8 in and out). Teachers: a NeRF frame costs the same per ray everywhere (64 + 128 samples per
 ray, no early exit), and an 800×800 frame takes minutes to hours here, so each renders a `teacher_crop`² patch
 of the frame through `get_outputs_for_camera` (bf16 fields, the training default on CPU), scaled by the pixel
 ratio. Results: benchmarks/results/render_latency.{json,md}.
@@ -183,77 +183,84 @@ def student_rows(args: Args, directory: Path) -> list[dict]:
     return rows
 
 
-def qlinear_conv_model(x: np.ndarray, weight: np.ndarray) -> "onnx.ModelProto":
-    """One int8 1x1 conv in ONNX Runtime's QOperator form (QLinearConv: int8 activations in and out, int8 weights
-    with one scale per output channel), so that no quantize / dequantize is timed with it."""
+CEILING_DEPTH = 8
+"""1×1 convs chained in the ceiling measurement: one conv alone is dominated by per-call overhead (weight reorders,
+dispatch) that a whole network amortises, which made a single conv read slower than the student itself."""
+
+
+def onnx_conv_chain(x: np.ndarray, weights: list[np.ndarray], int8: bool) -> "onnx.ModelProto":
+    """Chained 1×1 convs as ONNX: fp32 Conv, or int8 QLinearConv (ONNX Runtime's QOperator form: int8 activations in
+    and out of every conv, int8 weights with one scale per output channel), so no quantize / dequantize is timed."""
     helper, tensor = onnx.helper, onnx.numpy_helper.from_array
-    channels = weight.shape[0]
-    scales = np.abs(weight).reshape(channels, -1).max(axis=1) / 127
-    initializers = [
-        tensor(np.array(np.abs(x).max() / 127, dtype=np.float32), "x_scale"),
-        tensor(np.array(0, dtype=np.int8), "x_zero_point"),
-        tensor(np.round(weight / scales[:, None, None, None]).astype(np.int8), "w"),
-        tensor(scales.astype(np.float32), "w_scale"),
-        tensor(np.zeros(channels, dtype=np.int8), "w_zero_point"),
-        tensor(np.array(0.05, dtype=np.float32), "y_scale"),
-        tensor(np.array(0, dtype=np.int8), "y_zero_point"),
-    ]
-    inputs = ["x", "x_scale", "x_zero_point", "w", "w_scale", "w_zero_point", "y_scale", "y_zero_point"]
+    nodes, initializers = [], []
+    if int8:
+        initializers += [tensor(np.array(np.abs(x).max() / 127, dtype=np.float32), "x_scale"),
+                         tensor(np.array(0, dtype=np.int8), "zero")]  # fmt: skip
+    for i, weight in enumerate(weights):
+        source, target = ("x" if i == 0 else f"y{i - 1}"), ("y" if i == len(weights) - 1 else f"y{i}")
+        if not int8:
+            initializers.append(tensor(weight, f"w{i}"))
+            nodes.append(helper.make_node("Conv", [source, f"w{i}"], [target]))
+            continue
+        channels = weight.shape[0]
+        scales = np.abs(weight).reshape(channels, -1).max(axis=1) / 127
+        initializers += [
+            tensor(np.round(weight / scales[:, None, None, None]).astype(np.int8), f"w{i}"),
+            tensor(scales.astype(np.float32), f"w{i}_scale"),
+            tensor(np.zeros(channels, dtype=np.int8), f"w{i}_zero"),
+        ]
+        inputs = [source, "x_scale", "zero", f"w{i}", f"w{i}_scale", f"w{i}_zero", "x_scale", "zero"]
+        nodes.append(helper.make_node("QLinearConv", inputs, [target]))
+    element = onnx.TensorProto.INT8 if int8 else onnx.TensorProto.FLOAT
     graph = helper.make_graph(
-        [helper.make_node("QLinearConv", inputs, ["y"])],
-        "qlinearconv",
-        [helper.make_tensor_value_info("x", onnx.TensorProto.INT8, list(x.shape))],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.INT8, [1, channels, *x.shape[2:]])],
+        nodes,
+        "conv-chain",
+        [helper.make_tensor_value_info("x", element, list(x.shape))],
+        [helper.make_tensor_value_info("y", element, list(x.shape))],
         initializers,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
 def conv_ceilings(width: int, grid: int, repeats: int, warmup: int, directory: Path) -> dict[str, dict]:
-    """{dtype: {"gmac_per_s", "engine"}}: the best GMAC/s one 1×1 conv (width → width over a grid² ray grid, the
-    backbone's op) reaches here per dtype and engine, median of `repeats` round-robin calls."""
+    """{dtype: {"gmac_per_s", "engine"}}: the best GMAC/s that chained 1×1 convs (width → width over a grid² ray
+    grid, the backbone's op) reach here per dtype, each engine in its fastest set-up (torch compiled with frozen,
+    prepacked weights, channels-last; ONNX Runtime), median of `repeats` round-robin calls."""
     torch.manual_seed(0)
-    conv = nn.Conv2d(width, width, 1).eval()
+    chain = nn.Sequential(*(nn.Conv2d(width, width, 1, bias=False) for _ in range(CEILING_DEPTH))).eval()
     x = torch.randn(1, width, grid, grid)
+    weights = [conv.weight.detach().numpy() for conv in chain]
     threads = torch.get_num_threads()
 
-    def torch_conv(dtype: torch.dtype) -> Callable[[], object]:
-        layer = copy.deepcopy(conv).to(dtype=dtype, memory_format=torch.channels_last)  # Module.to is in place
+    def torch_chain(dtype: torch.dtype) -> Callable[[], object]:
+        layers = torch.compile(copy.deepcopy(chain).to(dtype=dtype, memory_format=torch.channels_last))
         data = x.to(dtype=dtype, memory_format=torch.channels_last)
-        return torch.inference_mode()(lambda: layer(data))
 
-    def ort_conv(model: "onnx.ModelProto", name: str, data: np.ndarray) -> Callable[[], object]:
-        path = directory / f"{name}.onnx"
-        onnx.save(model, str(path))
+        @torch.inference_mode()
+        def run() -> Tensor:
+            with torch._inductor.config.patch(freezing=True):
+                return layers(data)
+
+        return run
+
+    def ort_chain(int8: bool) -> Callable[[], object]:
+        path = directory / f"conv-chain-{'int8' if int8 else 'fp32'}.onnx"
+        onnx.save(onnx_conv_chain(x.numpy(), weights, int8), str(path))
         session = ort_session(path, threads)
+        scale = np.abs(x.numpy()).max() / 127
+        data = np.clip(np.round(x.numpy() / scale), -127, 127).astype(np.int8) if int8 else x.numpy()
         return lambda: session.run(None, {"x": data})
 
-    fp32_model = onnx.helper.make_model(
-        onnx.helper.make_graph(
-            [onnx.helper.make_node("Conv", ["x", "w", "b"], ["y"])],
-            "conv",
-            [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, list(x.shape))],
-            [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, list(x.shape))],
-            [
-                onnx.numpy_helper.from_array(conv.weight.detach().float().numpy(), "w"),
-                onnx.numpy_helper.from_array(conv.bias.detach().float().numpy(), "b"),
-            ],
-        ),
-        opset_imports=[onnx.helper.make_opsetid("", 17)],
-    )
-    x_int8 = np.clip(np.round(x.numpy() / (np.abs(x.numpy()).max() / 127)), -127, 127).astype(np.int8)
     kernels = {
-        ("fp32", "torch channels-last"): torch_conv(torch.float32),
-        ("fp32", "ONNX Runtime"): ort_conv(fp32_model, "conv-fp32", x.numpy()),
-        ("bf16", "torch channels-last"): torch_conv(torch.bfloat16),
-        ("int8", "ONNX Runtime QLinearConv"): ort_conv(
-            qlinear_conv_model(x.numpy(), conv.weight.detach().float().numpy()), "conv-int8", x_int8
-        ),
+        ("fp32", "torch compiled channels-last"): torch_chain(torch.float32),
+        ("fp32", "ONNX Runtime"): ort_chain(int8=False),
+        ("bf16", "torch compiled channels-last"): torch_chain(torch.bfloat16),
+        ("int8", "ONNX Runtime QLinearConv"): ort_chain(int8=True),
     }
     times = round_robin_seconds(
         {f"{dtype} {engine}": work for (dtype, engine), work in kernels.items()}, repeats, warmup
     )
-    gmac = width * width * grid * grid / 1e9
+    gmac = CEILING_DEPTH * width * width * grid * grid / 1e9
     ceilings: dict[str, dict] = {}
     for dtype, engine in kernels:
         rate = gmac / statistics.median(times[f"{dtype} {engine}"])
@@ -314,7 +321,10 @@ def main(args: Args) -> None:
             load_average_before=load_before,
             load_average_after=os.getloadavg(),
         ),
-        conv_ceilings=dict(shape=f"1x1 conv {args.network.width}->{args.network.width} over {grid}x{grid}", **ceilings),
+        conv_ceilings=dict(
+            shape=f"{CEILING_DEPTH} chained 1x1 convs {args.network.width}->{args.network.width} over {grid}x{grid}",
+            **ceilings,
+        ),
         student=students,
         teachers=teachers,
     )

@@ -100,6 +100,8 @@ class Demo:
     teacher_samples: tuple[int, int] = (24, 48)
     """Coarse and importance samples per teacher ray (vanilla NeRF: 64, 128)."""
     student_steps: int = 1500
+    student_lr: float = 5e-3
+    """The student's peak learning rate (benchmarks/results/distill_ablation.md); longer runs may need less."""
     pseudo_views: int = 100
     """Teacher renders the student learns from (paper: 10k)."""
     teacher_coarse: FieldCellConfig = field(default_factory=lambda: FieldCellConfig((1, 1, 1), (32, 32, 32)))
@@ -218,7 +220,7 @@ class Demo:
         datamanager.num_pseudo_views, datamanager.images_per_batch = self.pseudo_views, IMAGES_PER_BATCH
         datamanager.finetune_steps = self.student_steps // 10
         config.pipeline.model.network = self.student
-        config.optimizers["network"]["optimizer"].lr = 5e-3
+        config.optimizers["network"]["optimizer"].lr = self.student_lr
         return fixed_run(config, root / "runs", "student", self.student_steps, max(100, self.student_steps // 4))
 
 
