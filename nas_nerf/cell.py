@@ -23,7 +23,7 @@ from nerfstudio_mobile.common.cli import UsageError
 
 class ArchitectureError(UsageError, ValueError):
     """Field cells that cannot be built or read (a cell, an architecture file, a run); the message says how to
-    fix it. A ValueError too, so that tyro shows it as a usage error of `ns-train nas-nerf`."""
+    fix it. A ValueError too, as Python's own checks of a wrong value raise."""
 
 
 class ArchitectureFileNotFound(ArchitectureError, FileNotFoundError):

@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.data.datamanagers.base_datamanager import VanillaDataManagerConfig
 from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
 from nerfstudio.engine.optimizers import RAdamOptimizerConfig
-from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
 from nas_nerf.cell import FieldCellConfig
 from nas_nerf.model import NASNeRFModelConfig
-from nerfstudio_mobile.common.checkpoints import AtomicCheckpointTrainer
 from nerfstudio_mobile.common.compat import default_device_type
+from nerfstudio_mobile.common.method_config import MethodTrainerConfig
 
 # The paper's architectures for Lego (NAS-NeRF, Table 1): (coarse, fine) depths and channels.
 PAPER_LEGO_CELLS: dict[str, tuple[FieldCellConfig, FieldCellConfig]] = {
@@ -24,11 +25,21 @@ PAPER_LEGO_CELLS: dict[str, tuple[FieldCellConfig, FieldCellConfig]] = {
 }
 
 
-def nas_nerf_trainer(method_name: str, coarse: FieldCellConfig, fine: FieldCellConfig) -> TrainerConfig:
+@dataclass
+class NASNeRFTrainerConfig(MethodTrainerConfig):
+    """A nas-nerf run: its cells (or the architecture file that names them) are read and checked when ns-train prints
+    or saves the config, before any data is loaded."""
+
+    def resolve(self) -> None:
+        model = self.pipeline.model
+        assert isinstance(model, NASNeRFModelConfig), f"a nas-nerf run trains a NASNeRFModelConfig, not {model}"
+        model.resolve_cells()
+
+
+def nas_nerf_trainer(method_name: str, coarse: FieldCellConfig, fine: FieldCellConfig) -> NASNeRFTrainerConfig:
     """vanilla-nerf's recipe (RAdam 5e-4, 1024 rays, 64 + 128 samples, near 2 / far 6, white background)
     on the paper's training budget (nerfstudio's Blender benchmark, ~16k steps), with two field cells."""
-    return TrainerConfig(
-        _target=AtomicCheckpointTrainer,
+    return NASNeRFTrainerConfig(
         method_name=method_name,
         steps_per_eval_batch=500,
         steps_per_eval_image=500,

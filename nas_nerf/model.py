@@ -38,7 +38,8 @@ class NASNeRFModelConfig(ModelConfig):
     fine_cell: FieldCellConfig = field(default_factory=FieldCellConfig)
     """Fine field cell: depths [D1, 1, D3], channels [C1, C2, C3]."""
     architecture_file: Path | None = None
-    """JSON with 'coarse' and 'fine' cells (as ns-nas-search writes); overrides the two cells above."""
+    """JSON with 'coarse' and 'fine' cells (as ns-nas-search writes); replaces the two cells above when the run starts
+    (config.yml then holds the cells themselves, not the file's name)."""
     num_coarse_samples: int = 64
     """Uniform samples per ray for the coarse field."""
     num_importance_samples: int = 128
@@ -48,11 +49,13 @@ class NASNeRFModelConfig(ModelConfig):
     cpu_bf16: bool = True
     """On a CPU with AVX512-BF16/AMX, run the field MLPs in bfloat16 (faster); sampling stays fp32."""
 
-    def __post_init__(self) -> None:
-        # Resolved here, while ns-train builds the config, so the saved config.yml holds the cells
-        # themselves and bad cells are refused before any data is loaded or any step is trained.
+    def resolve_cells(self) -> None:
+        """Read the architecture file into the two cells, once, and refuse cells that cannot be built
+        (ArchitectureError). ns-train calls it before any data is loaded, through NASNeRFTrainerConfig: not while
+        tyro builds this config, where an error would be tyro's boxed usage message."""
         if self.architecture_file is not None:
             self.coarse_cell, self.fine_cell = load_architecture(self.architecture_file)
+            self.architecture_file = None  # read: a run resumed from config.yml no longer needs the file
         self.coarse_cell.validate("coarse cell")
         self.fine_cell.validate("fine cell")
 
@@ -62,6 +65,7 @@ class NASNeRFModel(Model):
 
     def populate_modules(self) -> None:
         super().populate_modules()
+        self.config.resolve_cells()  # a no-op after ns-train; here for callers that build the model from the config
         scene_near_far = self.kwargs.get("metadata", {}).get("near_far")
         if scene_near_far is not None:  # the dataparser knows its scene's depth range (e.g. llff-data)
             near, far = scene_near_far

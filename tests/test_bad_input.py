@@ -97,8 +97,6 @@ class BadInput:
     """2: refused in one line; 0: repaired (a corrupt pseudo view is set aside and rendered again)."""
     left: tuple[str, ...] = ()
     """Globs that must match something afterwards."""
-    one_line: bool = True
-    """False for errors tyro reports while it parses ns-train's flags: its usage box, exit 2, no traceback."""
     process: bool = False
     """Run in a process of its own, as a user runs it (always so with `file_size_limit`); else in the test process."""
 
@@ -199,7 +197,12 @@ CASES = [
          files={"scene/transforms_train.json": BROKEN_JSON}, says="is not valid JSON"),
     case("train-nas-nerf-malformed-architecture", "ns-train", "nas-nerf", "--data", "nowhere", *TINY_NAS_NERF,
          "--pipeline.model.architecture-file", "arch.json", files={"arch.json": BROKEN_JSON},
-         says="is not valid JSON", one_line=False),
+         says="is not valid JSON"),
+    case("train-nas-nerf-output-under-a-file", "ns-train", "nas-nerf", "--data", "{scene}", "--vis", "tensorboard",
+         "--max-num-iterations", "3", "--output-dir", "blocker/out", files={"blocker": ""},
+         says="Pass a folder you can write to"),
+    case("train-nas-nerf-output-disk-full", "ns-train", "nas-nerf", "--data", "{scene}", *TINY_NAS_NERF,
+         file_size_limit=1000, says="Free some space", left_out=("outputs/**/config.yml",)),
     case("train-nas-nerf-disk-full", "ns-train", "nas-nerf", "--data", "{scene}", *TINY_NAS_NERF,
          file_size_limit=100_000, says="Free some space"),
     # ns-train mobile-r2l
@@ -218,6 +221,10 @@ CASES = [
          "--pipeline.datamanager.teacher-config", "copies/scene/nas-nerf/run/config.yml",
          prepare=truncated_teacher, uses=("teacher",), says="delete it to resume from an earlier one",
          left_out=("cache",), process=True),
+    case("train-mobile-r2l-output-under-a-file", "ns-train", "mobile-r2l", "--pipeline.datamanager.teacher-config",
+         "{teacher}", "--vis", "tensorboard", "--max-num-iterations", "2", "--pipeline.datamanager.num-pseudo-views",
+         "2", "--pipeline.datamanager.pseudo-view-dir", "cache", "--output-dir", "blocker/out",
+         files={"blocker": ""}, says="Pass a folder you can write to", left_out=("cache",)),
     case("train-mobile-r2l-corrupt-cache-meta", "ns-train", "mobile-r2l", *TINY_STUDENT,
          "--pipeline.datamanager.teacher-config", "{teacher}", files={"cache/meta.json": BROKEN_JSON}, says="delete",
          left_out=("cache/views/*.npz",)),
@@ -302,7 +309,7 @@ def test_bad_input_is_one_line_that_says_what_to_do(
         code, printed = run_in_process(argv, tmp_path, capfd)
     assert code == bad.exit_code and "Traceback" not in printed, printed[-4000:]
     assert bad.says in " ".join(printed.replace("│", " ").split()), printed[-4000:]
-    if bad.exit_code == 2 and bad.one_line:
+    if bad.exit_code == 2:
         lines = [line for line in printed.splitlines() if line.startswith(bad.prefix)]
         assert len(lines) == 1 and bad.says in " ".join(printed.split(bad.prefix, 1)[1].split()), printed[-4000:]
     for pattern in (*NEVER_LEFT, *bad.left_out):

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 import tyro
+import yaml
+from nerfstudio.data.scene_box import SceneBox
 from nerfstudio.field_components.encodings import NeRFEncoding
 from nerfstudio.fields.vanilla_nerf_field import NeRFField
 from nerfstudio.model_components.ray_samplers import PDFSampler, UniformSampler
@@ -21,6 +23,7 @@ from nas_nerf.field import CellField
 from nas_nerf.model import NASNeRFModelConfig
 
 pytestmark = pytest.mark.unit
+UNIT_BOX = SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3]))
 
 
 def n_params(module: torch.nn.Module) -> int:
@@ -96,16 +99,43 @@ def test_cell_forward_shape() -> None:
     ],
 )
 def test_invalid_cells_are_refused(depths: tuple, channels: tuple, message: str) -> None:
+    config = NASNeRFModelConfig(fine_cell=FieldCellConfig(depths, channels))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=message):
-        NASNeRFModelConfig(fine_cell=FieldCellConfig(depths, channels))  # type: ignore[arg-type]
+        config.resolve_cells()
+    with pytest.raises(ValueError, match=message):
+        config.setup(scene_box=UNIT_BOX, num_train_data=1)
 
 
-def test_architecture_file_sets_both_cells(tmp_path: Path) -> None:
+def test_a_model_built_from_an_architecture_file_has_its_cells(tmp_path: Path) -> None:
     coarse, fine = PAPER_LEGO_CELLS["xs"]
     path = tmp_path / "arch.json"
     save_architecture(path, coarse, fine, tier="xs")
-    config = NASNeRFModelConfig(architecture_file=path)
-    assert (config.coarse_cell, config.fine_cell) == (coarse, fine)
+    model = NASNeRFModelConfig(architecture_file=path).setup(scene_box=UNIT_BOX, num_train_data=1)
+    assert n_params(model.field_coarse) == n_params(CellField(coarse))
+    assert n_params(model.field_fine) == n_params(CellField(fine))
+
+
+def test_the_run_keeps_the_architecture_files_cells(tmp_path: Path) -> None:
+    """ns-train reads --pipeline.model.architecture-file once: config.yml holds the cells themselves, so the run
+    still loads and resumes (`ns-train --load-config`) after the file is moved or deleted."""
+    from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+
+    coarse, fine = PAPER_LEGO_CELLS["xs"]
+    path = tmp_path / "arch.json"
+    save_architecture(path, coarse, fine, tier="xs")
+    args = ["nas-nerf", "--output-dir", str(tmp_path / "outputs"), "--pipeline.model.architecture-file", str(path)]
+    config = tyro.cli(AnnotatedBaseConfigUnion, args=args)
+    config.set_timestamp()  # what ns-train does before it makes the trainer
+    config.print_to_terminal()
+    config.save_config()
+    path.unlink()
+    saved_path = config.get_base_dir() / "config.yml"
+    saved = yaml.load(saved_path.read_text(), Loader=yaml.Loader)
+    assert (saved.pipeline.model.coarse_cell, saved.pipeline.model.fine_cell) == (coarse, fine)
+    saved.print_to_terminal()  # ns-train --load-config <run>/config.yml
+    saved.save_config()
+    model = saved.pipeline.model.setup(scene_box=UNIT_BOX, num_train_data=1)
+    assert n_params(model.field_fine) == n_params(CellField(fine))
 
 
 @pytest.mark.parametrize(
@@ -140,7 +170,7 @@ def test_methods_are_registered_with_descriptions() -> None:
         assert len(descriptions[method]) > 20, method
 
 
-def test_cells_from_the_ns_train_command_line(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cells_from_the_ns_train_command_line() -> None:
     from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
 
     args = [
@@ -158,10 +188,25 @@ def test_cells_from_the_ns_train_command_line(capsys: pytest.CaptureFixture[str]
     assert config.pipeline.model.coarse_cell == FieldCellConfig((2, 1, 1), (256, 256, 256))
     assert config.pipeline.model.fine_cell == FieldCellConfig((4, 1, 3), (32, 48, 64))
     assert config.machine.device_type == ("cuda" if torch.cuda.is_available() else "cpu")
-    # tyro turns our ValueError into its error box and exit 2: the refusal comes before any data loads
-    with pytest.raises(SystemExit):
-        tyro.cli(AnnotatedBaseConfigUnion, args=["nas-nerf", "--pipeline.model.fine-cell.depths", "0", "1", "1"])
-    assert "fine cell: depths must be [D1, 1, D3]" in " ".join(capsys.readouterr().err.split())
+
+
+def test_bad_cells_are_one_line_before_ns_train_writes_or_loads_anything(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A cell that cannot be built stops ns-train on one line (not tyro's box) when it prints the config: before it
+    saves a run folder, and before it reads --data (a missing scene here, which would otherwise be the error)."""
+    from nerfstudio.configs.method_configs import AnnotatedBaseConfigUnion
+    from nerfstudio.scripts.train import main
+
+    args = ["nas-nerf", "--data", str(tmp_path / "no-scene"), "--output-dir", str(tmp_path / "outputs")]
+    config = tyro.cli(AnnotatedBaseConfigUnion, args=[*args, "--pipeline.model.fine-cell.depths", "0", "1", "1"])
+    capfd.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(config)
+    printed = capfd.readouterr()
+    lines = [line for line in (printed.out + printed.err).splitlines() if line.startswith("ns-train nas-nerf:")]
+    assert exit_info.value.code == 2 and len(lines) == 1 and "fine cell: depths must be [D1, 1, D3]" in lines[0]
+    assert not (tmp_path / "outputs").exists()
 
 
 @pytest.mark.parametrize("metadata", [{}, {"near_far": (1.2, 6.5)}])
@@ -169,11 +214,10 @@ def test_eval_renders_sample_the_depth_range_training_saw(metadata: dict) -> Non
     """nerfstudio's collider moves the near plane to 0 outside training; a NeRF evaluated that way samples
     untrained space in front of the camera (a forward-facing teacher renders far worse than it trained)."""
     from nerfstudio.cameras.rays import RayBundle
-    from nerfstudio.data.scene_box import SceneBox
 
     small = FieldCellConfig((1, 1, 1), (8, 8, 8))
     model = NASNeRFModelConfig(coarse_cell=small, fine_cell=small).setup(
-        scene_box=SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1, metadata=metadata
+        scene_box=UNIT_BOX, num_train_data=1, metadata=metadata
     )
     near, far = metadata.get("near_far", (2.0, 6.0))  # the dataparser's range, else vanilla NeRF's collider
     for training in (True, False):

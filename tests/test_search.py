@@ -220,14 +220,14 @@ def test_tier_architecture_trains_with_ns_train_recipe(resumed_search: dict, syn
     config = nas_nerf_trainer("nas-nerf", FieldCellConfig(), FieldCellConfig())
     config.pipeline.model = NASNeRFModelConfig(
         architecture_file=path, num_coarse_samples=8, num_importance_samples=8
-    )  # what --pipeline.model.architecture-file does
-    assert (config.pipeline.model.coarse_cell, config.pipeline.model.fine_cell) == (coarse, fine)
+    )  # a Python caller's architecture file: read when the model is built
     config.pipeline.datamanager.data = synthetic_scene
     config.pipeline.datamanager.train_num_rays_per_batch = 64
     config.output_dir, config.vis, config.max_num_iterations = path.parent / "check", "tensorboard", 3
     config.steps_per_eval_batch = config.steps_per_eval_image = config.steps_per_eval_all_images = 100
     trainer = config.setup(local_rank=0, world_size=1)
     trainer.setup()
+    assert (config.pipeline.model.coarse_cell, config.pipeline.model.fine_cell) == (coarse, fine)
     trainer.train()
     assert trainer.step == 2 and any(config.get_checkpoint_dir().glob("step-*.ckpt"))
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 import io
 import random
 import re
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,9 +12,8 @@ import numpy as np
 import torch
 from nerfstudio.engine.trainer import Trainer
 from nerfstudio.utils.rich_utils import CONSOLE
-from rich.markup import escape
 
-from nerfstudio_mobile.common.cli import UsageError
+from nerfstudio_mobile.common.cli import usage_errors_in_one_line
 from nerfstudio_mobile.common.files import atomic_path
 
 CHECKPOINT_NAME = re.compile(r"step-(\d+)\.ckpt")
@@ -50,21 +46,13 @@ class AtomicCheckpointTrainer(Trainer):
     uninterrupted one, and end with other weights."""
 
     def setup(self, test_mode: Literal["test", "val", "inference"] = "val") -> None:
-        with self._usage_errors_in_one_line():
+        with usage_errors_in_one_line(f"ns-train {self.config.method_name}", CONSOLE):
             self._check_scene()
             super().setup(test_mode)
 
     def train(self) -> None:
-        with self._usage_errors_in_one_line():  # e.g. a full disk while a checkpoint is written
+        with usage_errors_in_one_line(f"ns-train {self.config.method_name}", CONSOLE):  # e.g. a full disk
             super().train()
-
-    @contextmanager
-    def _usage_errors_in_one_line(self) -> Iterator[None]:
-        try:
-            yield
-        except UsageError as error:
-            CONSOLE.print(f"[bold red]ns-train {self.config.method_name}:[/] {escape(str(error))}", soft_wrap=True)
-            sys.exit(2)
 
     def _check_scene(self) -> None:
         """A missing scene folder or an unreadable transforms*.json of `--data` in words, before nerfstudio's

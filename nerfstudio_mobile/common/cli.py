@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import tyro
@@ -19,8 +21,15 @@ def run_cli(command: Any, prog: str, console: Console | None = None) -> None:
     message on one red line and exits 2: no traceback."""
     tyro.extras.set_accent_color("bright_yellow")
     parsed = tyro.cli(command)
-    try:
+    with usage_errors_in_one_line(prog, console or Console(stderr=True)):
         parsed.main()
+
+
+@contextmanager
+def usage_errors_in_one_line(prog: str, console: Console) -> Iterator[None]:
+    """A UsageError raised inside prints its message on one red line after `prog:` and exits 2: no traceback."""
+    try:
+        yield
     except UsageError as error:
-        (console or Console(stderr=True)).print(f"[bold red]{prog}:[/] {escape(str(error))}", soft_wrap=True)
+        console.print(f"[bold red]{prog}:[/] {escape(str(error))}", soft_wrap=True)
         sys.exit(2)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
-from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
 
-from nerfstudio_mobile.common.checkpoints import AtomicCheckpointTrainer
 from nerfstudio_mobile.common.compat import default_device_type
+from nerfstudio_mobile.common.method_config import MethodTrainerConfig
 from nerfstudio_mobile.mobile_r2l.datamanager import PseudoViewDataManagerConfig
 from nerfstudio_mobile.mobile_r2l.model import MobileR2LModelConfig
 from nerfstudio_mobile.mobile_r2l.optimization import AdamWOptimizerConfig, WarmupStepDecaySchedulerConfig
@@ -16,10 +15,9 @@ from nerfstudio_mobile.mobile_r2l.optimization import AdamWOptimizerConfig, Warm
 PAPER_STEPS = 600_000
 
 
-def mobile_r2l_trainer(max_steps: int = PAPER_STEPS) -> TrainerConfig:
+def mobile_r2l_trainer(max_steps: int = PAPER_STEPS) -> MethodTrainerConfig:
     """The paper's recipe: AdamW 5e-4 with warm-up and step decay, MSE on whole images, mixed precision."""
-    return TrainerConfig(
-        _target=AtomicCheckpointTrainer,
+    return MethodTrainerConfig(
         method_name="mobile-r2l",
         steps_per_eval_batch=0,
         steps_per_eval_image=5000,
