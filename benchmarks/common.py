@@ -29,6 +29,14 @@ def machine() -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (timings of different machines are not comparable)."""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
 def write_results(name: str, result: dict[str, Any], markdown: str, directory: Path = RESULTS) -> None:
     """`<name>.json` and `<name>.md` in `directory`, each written atomically (a killed run leaves the previous
     results whole); the markdown is printed as well."""

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import tyro
-from common import RESULTS, SHARED_DATA, WORK, machine, write_results
+from common import RESULTS, SHARED_DATA, WORK, cpu_model, machine, write_results
 
 from nerfstudio_mobile.demo.demo import Demo
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetworkConfig
@@ -70,7 +70,7 @@ class DistillQuality:
         cache = next((work.resolve() / "runs" / "teacher").rglob("pseudo_views/*/views"))
         files = list(cache.glob("*.npz"))
         summary["pseudo_view_bytes"] = sum(f.stat().st_size for f in files) / len(files)
-        summary["machine"] = machine()
+        summary["machine"], summary["cpu"] = machine(), cpu_model()
         summary["setup"] = {**vars(self), "max_image_size": demo.max_image_size}
         others = {path.stem: json.loads(path.read_text()) for path in sorted(RESULTS.glob(f"{stem}*.json"))}
         others = {key: value for key, value in others.items()
@@ -83,14 +83,19 @@ def recipes_table(name: str, summary: dict, others: dict[str, dict]) -> str:
     minutes end to end (teacher included)."""
     if not others:
         return ""
-    header = "| result | setup | CPU min (end to end) | teacher dB | student dB | gap dB |"
-    lines = ["", header, "|---|---|---|---|---|---|"]
-    for key, result in sorted({**others, name: summary}.items(), key=lambda item: item[1]["total_minutes"]):
+    header = "| result | setup | machine | CPU min (end to end) | teacher dB | student dB | gap dB |"
+    lines = ["", header, "|---|---|---|---|---|---|---|"]
+
+    def minutes(result: dict) -> float:
+        return result["total_minutes"] + result.get("reused_minutes", 0.0)  # stages an earlier invocation ran
+
+    for key, result in sorted({**others, name: summary}.items(), key=lambda item: minutes(item[1])):
         keys = ("teacher_steps", "student_steps", "pseudo_views", "student_width", "student_blocks", "student_lr")
         setup = {key: value for key, value in result["setup"].items() if key in keys}
         teacher, student = result["teacher"]["psnr"], result["student"]["psnr"]
-        lines.append(f"| {key} | {setup} | {result['total_minutes']:.0f} | {teacher:.2f} | {student:.2f} "
-                     f"| {student - teacher:+.2f} |")  # fmt: skip
+        cells = (key, setup, result.get("cpu", ""), f"{minutes(result):.0f}", f"{teacher:.2f}", f"{student:.2f}",
+                 f"{student - teacher:+.2f}")  # fmt: skip
+        lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import tyro
-from common import RESULTS, timed, write_results
+from common import RESULTS, cpu_model, timed, write_results
 from nerfstudio.data.scene_box import SceneBox
 from torch import Tensor, nn
 
@@ -68,13 +68,6 @@ class Args:
     calibration_poses: int = 8
     """Poses whose encoded rays calibrate the ORT int8 path's activations."""
     output_dir: Path = RESULTS
-
-
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def orbit_pose(angle: float) -> Tensor:
