@@ -48,6 +48,9 @@ FORMATS = (*COMPRESSIONS, *GROUPED_PALETTES, "w8a8")
 PAPER_FP16_MB = 8.3
 GOAL_4BIT_MB = 2.2
 GOAL_4BIT_PSNR_COST_DB = 0.3
+GOAL_SMALL_MB, GOAL_SMALL_PSNR_COST_DB = 1.5, 0.5
+"""A Core ML package of the paper network this small, at this PSNR cost on a good student."""
+GOAL_W8A8_PSNR_COST_DB = 0.3
 
 
 @dataclass
@@ -189,7 +192,31 @@ def goals(result: dict) -> list[str]:
             f"{costs['torch_psnr_vs_test_images_db']:.2f} dB: a student closer to its teacher has finer detail "
             "to lose, so read it as a lower bound."
         )
+        lines += [small_package_goal(result), w8a8_goal(costs)]
     return lines
+
+
+def small_package_goal(result: dict) -> str:
+    """The smallest paper-network Core ML package whose format costs the student at most the goal's PSNR."""
+    cost = {row["weights"]: row["psnr_cost_vs_fp16_db"] for row in result["psnr_costs"]["results"]
+            if row["format"] == "Core ML"}  # fmt: skip
+    sizes = [row for row in result["sizes"]["results"] if row["format"] == "Core ML" and row["weights"] in cost]
+    within = min((row for row in sizes if cost[row["weights"]] <= GOAL_SMALL_PSNR_COST_DB), key=lambda r: r["size_mb"])
+    met = within["size_mb"] <= GOAL_SMALL_MB
+    return (
+        f"- Smallest package within {GOAL_SMALL_PSNR_COST_DB} dB: {within['weights']}, {within['size_mb']:.2f} MB "
+        f"(cost {cost[within['weights']]:.3f} dB); goal <= {GOAL_SMALL_MB} MB {'met' if met else 'NOT met'}."
+    )
+
+
+def w8a8_goal(costs: dict) -> str:
+    rows = [row for row in costs["results"] if row["weights"] == "w8a8"]
+    worst = max(row["psnr_cost_vs_fp16_db"] for row in rows)
+    return (
+        "- w8a8 PSNR cost: "
+        + ", ".join(f"{row['format']} {row['psnr_cost_vs_fp16_db']:.3f} dB" for row in rows)
+        + f"; goal <= {GOAL_W8A8_PSNR_COST_DB} dB {'met' if worst <= GOAL_W8A8_PSNR_COST_DB else 'NOT met'}."
+    )
 
 
 def markdown(result: dict) -> str:
