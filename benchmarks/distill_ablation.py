@@ -3,23 +3,36 @@ scene), then students that each differ from the demo's recipe in one knob; test-
 
     python benchmarks/distill_ablation.py     # resumable: finished students are read back, not retrained
 
-Writes benchmarks/results/distill_ablation.{json,md}. Run it alone: the minutes are only comparable within one run
-on an otherwise idle machine.
+A viewer asks a student for frames larger than those it learnt from (finer ray spacing), where the super-resolution
+stages can show a checkerboard: each student is also compared with the teacher on a few test poses rendered at 1×, 2×
+and 4× the training resolution, and the centre of one pose at 4× is saved as a picture, teacher | student.
+
+Writes benchmarks/results/distill_ablation.{json,md} and distill_ablation_4x/<variant>.png. Run it alone: the minutes
+are only comparable within one run on an otherwise idle machine.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 import tyro
-from common import WORK, machine, write_results
+from common import RESULTS, WORK, machine, write_results
+from nerfstudio.cameras.cameras import Cameras
+from nerfstudio.pipelines.base_pipeline import Pipeline
+from PIL import Image
+from torch import Tensor
 
 from nerfstudio_mobile.common.checkpoints import checkpoint_steps
-from nerfstudio_mobile.common.files import atomic_write_json
+from nerfstudio_mobile.common.files import atomic_path, atomic_write_json, make_dirs
+from nerfstudio_mobile.common.intrinsics import without_distortion
+from nerfstudio_mobile.common.metrics import psnr
 from nerfstudio_mobile.common.runs import load_run
 from nerfstudio_mobile.demo.demo import Demo
 
@@ -51,8 +64,20 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "views-300": ("now, 300 pseudo views", {"demo.pseudo_views": 300}),
     "points-16": ("now, K = 16 points per ray", {"encoding.num_points": 16}),
     "frequencies-8": ("now, L = 8 encoding frequencies", {"encoding.num_frequencies": 8}),
+    "zoom-1-2": (
+        "now, each pseudo view at zoom 1× or 2× (a window of 1/z of the frame at z× the focal length)",
+        {"datamanager.zoom_levels": (1.0, 2.0)},
+    ),
+    "zoom-1-2-4": ("now, each pseudo view at zoom 1×, 2× or 4×", {"datamanager.zoom_levels": (1.0, 2.0, 4.0)}),
+    "zoom-1-2-4-views-300": (
+        "now, zoom 1×, 2× or 4× on 300 pseudo views (about 100 at 1×, as demo-now)",
+        {"datamanager.zoom_levels": (1.0, 2.0, 4.0), "demo.pseudo_views": 300},
+    ),
 }
 NOW = list(VARIANTS).index("demo-now")
+VIEWER_ZOOMS = (1, 2, 4)
+"""Multiples of the training resolution the test poses are rendered at, by the teacher and by each student."""
+PICTURES = RESULTS / "distill_ablation_4x"
 
 
 @dataclass
@@ -60,12 +85,18 @@ class DistillAblation:
     output_dir: Path = WORK / "distill_ablation"
     """The demo's run folder: its teacher is trained once, each variant's student beside it."""
     variants: tuple[str, ...] = tuple(VARIANTS)
+    viewer_poses: int = 3
+    """Test poses the students are compared with the teacher on, at each of VIEWER_ZOOMS."""
 
     def main(self) -> None:
         root = self.output_dir.resolve()
         teacher = self.teacher(root)
-        rows = [self.student(root, teacher, name) for name in self.variants]
-        result = {"machine": machine(), "teacher": teacher_metrics(teacher), "variants": rows}
+        _, teacher_pipeline, _ = load_run(teacher)
+        metrics = teacher_pipeline.get_average_eval_image_metrics()
+        frames = viewer_frames(teacher_pipeline, self.viewer_poses)
+        rows = [self.student(root, teacher, name, frames) for name in self.variants]
+        result = {"machine": machine(), "teacher": {key: metrics[key] for key in ("psnr", "ssim")},
+                  "viewer_poses": self.viewer_poses, "variants": rows}  # fmt: skip
         write_results("distill_ablation", result, markdown(result))
 
     def teacher(self, root: Path) -> Path:
@@ -74,7 +105,7 @@ class DistillAblation:
         train_once(config)
         return config.get_base_dir() / "config.yml"
 
-    def student(self, root: Path, teacher: Path, name: str) -> dict[str, Any]:
+    def student(self, root: Path, teacher: Path, name: str, frames: list[ViewerFrame]) -> dict[str, Any]:
         description, changes = VARIANTS[name]
         overrides = changes if list(VARIANTS).index(name) >= NOW else {**OLD_RECIPE, **changes}
         demo_fields = {key.split(".", 1)[1]: value for key, value in overrides.items() if key.startswith("demo.")}
@@ -95,7 +126,48 @@ class DistillAblation:
         _, pipeline, _ = load_run(config.get_base_dir() / "config.yml")
         metrics = pipeline.get_average_eval_image_metrics()
         return {"name": name, "change": description, "psnr": metrics["psnr"], "ssim": metrics["ssim"],
-                "minutes": minutes, "params": sum(p.numel() for p in pipeline.model.network.parameters())}  # fmt: skip
+                "minutes": minutes, "params": sum(p.numel() for p in pipeline.model.network.parameters()),
+                "vs_teacher_psnr": compare_with_teacher(pipeline, frames, PICTURES / f"{name}.png")}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ViewerFrame:
+    """A test pose as a viewer asks for it at `zoom`× the training resolution, and the teacher's render of it."""
+
+    zoom: int
+    camera: Cameras
+    teacher_rgb: Tensor
+
+
+def viewer_frames(teacher: Pipeline, poses: int) -> list[ViewerFrame]:
+    """The first `poses` test cameras at each of VIEWER_ZOOMS (sizes and intrinsics scaled as nerfstudio's viewer
+    scales them), rendered by the teacher once for every student."""
+    frames = []
+    for camera, _ in itertools.islice(teacher.datamanager.fixed_indices_eval_dataloader, poses):
+        for zoom in VIEWER_ZOOMS:
+            zoomed = without_distortion(camera)  # a copy: rescaling replaces its intrinsics, not the test camera's
+            zoomed.rescale_output_resolution(zoom)
+            with torch.no_grad():
+                frames.append(ViewerFrame(zoom, zoomed, teacher.model.get_outputs_for_camera(zoomed)["rgb"].cpu()))
+    return frames
+
+
+def compare_with_teacher(student: Pipeline, frames: list[ViewerFrame], picture: Path) -> dict[str, float]:
+    """Mean PSNR of the student against the teacher at each zoom ({"1": dB, ...}); the centre (half of each side) of
+    the first pose at the largest zoom written to `picture` as teacher | student (the whole frame would add megabytes
+    of pictures to the repository at each run of the ablation)."""
+    with torch.no_grad():
+        renders = [student.model.get_outputs_for_camera(frame.camera)["rgb"].cpu().clamp(0, 1) for frame in frames]
+    psnrs = [(frame.zoom, float(psnr(frame.teacher_rgb, rgb))) for frame, rgb in zip(frames, renders, strict=True)]
+    scores = {str(zoom): float(np.mean([value for z, value in psnrs if z == zoom])) for zoom in VIEWER_ZOOMS}
+    largest = next(i for i, frame in enumerate(frames) if frame.zoom == max(VIEWER_ZOOMS))
+    height, width = renders[largest].shape[:2]
+    centre = (slice(height // 4, height - height // 4), slice(width // 4, width - width // 4))
+    side_by_side = torch.cat([frames[largest].teacher_rgb[centre], renders[largest][centre]], dim=1)
+    make_dirs(picture.parent)
+    with atomic_path(picture) as temp:
+        Image.fromarray((side_by_side.numpy() * 255).round().astype(np.uint8)).save(temp, format="PNG")
+    return scores
 
 
 def train_once(config: Any) -> float:
@@ -114,11 +186,6 @@ def train_once(config: Any) -> float:
     return minutes
 
 
-def teacher_metrics(config: Path) -> dict[str, float]:
-    _, pipeline, _ = load_run(config)
-    return {key: value for key, value in pipeline.get_average_eval_image_metrics().items() if key in ("psnr", "ssim")}
-
-
 def markdown(result: dict[str, Any]) -> str:
     teacher = result["teacher"]
     rows = {row["name"]: row for row in result["variants"]}
@@ -130,14 +197,22 @@ def markdown(result: dict[str, Any]) -> str:
         "steps, 8 views per step, the last 150 on the real training images), each below it one thing from demo-now; "
         "'vs base' compares with that recipe. Train min includes rendering pseudo views not rendered before.",
         "",
-        "| variant | change | student PSNR (dB) | gap to teacher | vs base | SSIM | train min | params |",
-        "|---|---|---|---|---|---|---|---|",
+        f"vs teacher at 1× / 2× / 4×: the student's PSNR against the teacher on {result['viewer_poses']} test poses "
+        "rendered at 1×, 2× and 4× the training resolution, as a viewer asks for larger frames (finer rays than any "
+        "the student learnt from, where its super-resolution can show a checkerboard); the centre of the first pose at "
+        f"4×, teacher | student, is in {PICTURES.name}/<variant>.png.",
+        "",
+        "| variant | change | student PSNR (dB) | gap to teacher | vs base | SSIM | vs teacher at 1× / 2× / 4× (dB) "
+        "| train min | params |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["variants"]:
         base = rows.get("demo-now" if list(VARIANTS).index(row["name"]) > NOW else "demo-0.2", row)
+        viewer = " / ".join(f"{row['vs_teacher_psnr'][str(zoom)]:.2f}" for zoom in VIEWER_ZOOMS)
         lines.append(
             f"| {row['name']} | {row['change']} | {row['psnr']:.2f} | {row['psnr'] - teacher['psnr']:+.2f} | "
-            f"{row['psnr'] - base['psnr']:+.2f} | {row['ssim']:.3f} | {row['minutes']:.1f} | {row['params']:,} |"
+            f"{row['psnr'] - base['psnr']:+.2f} | {row['ssim']:.3f} | {viewer} | {row['minutes']:.1f} | "
+            f"{row['params']:,} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from nerfstudio_mobile.common.cli import UsageError
+from nerfstudio_mobile.common.intrinsics import Intrinsics
 from nerfstudio_mobile.mobile_r2l.cache import (
     CACHE_FORMAT_VERSION,
     CacheMeta,
@@ -24,7 +25,7 @@ from nerfstudio_mobile.mobile_r2l.cache import (
     generate_views,
     teacher_identity,
 )
-from nerfstudio_mobile.mobile_r2l.views import SphereViewSampler
+from nerfstudio_mobile.mobile_r2l.views import SphereViewSampler, ViewCrops
 
 SIZE = 24
 NUM_VIEWS = 10
@@ -36,6 +37,10 @@ SAMPLER = SphereViewSampler(
     polar_mean_deg=45.0,
     polar_std_deg=15.0,
 )
+
+
+# Views zoomed 1×, 2× or 4× (windows of a SIZE² frame, each SIZE² pixels), as the datamanager sets them up.
+ZOOMED = ViewCrops.fit(Intrinsics(30.0, 30.0, SIZE / 2, SIZE / 2, SIZE, SIZE), 1.0, 8, 0, zooms=(1.0, 2.0, 4.0))
 
 
 def make_meta(**overrides: object) -> CacheMeta:
@@ -66,6 +71,18 @@ def render(index: int, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, t
     return rgb, depth[..., None], accumulation[..., None]
 
 
+def zoomed_meta(zooms: tuple[float, ...]) -> CacheMeta:
+    """The meta of a cache of views at `zooms` (the windows' identity in extra, as build_pseudo_view_cache has it)."""
+    crops = dataclasses.replace(ZOOMED, zooms=zooms)
+    return make_meta(extra={"view_sampler": SAMPLER.to_dict(), "crops": crops.to_dict()})
+
+
+def render_zoomed(index: int, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+    """Deterministic stand-in for a teacher that sees view `index`'s zoomed window: its rays' directions as colours."""
+    directions = ZOOMED.intrinsics(index).cameras(c2w[None]).generate_rays(camera_indices=0).directions
+    return (directions + 1) / 2, 1 + directions[..., 2:].abs(), None
+
+
 def fake_teacher_run(outputs: Path, checkpoint_bytes: bytes) -> Path:
     """A teacher run folder as ns-train lays it out, with a stand-in checkpoint; returns the run directory."""
     run = outputs / "lego" / "nerfacto" / "2024-01-01_000000"
@@ -84,10 +101,11 @@ def view_files(root: Path) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted((root / "views").iterdir())}
 
 
-def generate_shard(root: str, shard: int, num_shards: int) -> int:
-    """Runs in a spawned process: one shard of a shared cache."""
-    cache = PseudoViewCache(Path(root), make_meta())
-    return generate_views(cache, render, SAMPLER.poses, shard=shard, num_shards=num_shards, progress=False)
+def generate_shard(root: str, shard: int, num_shards: int, zoomed: bool = False) -> int:
+    """Runs in a spawned process: one shard of a shared cache (of zoomed views with `zoomed`)."""
+    cache = PseudoViewCache(Path(root), zoomed_meta(ZOOMED.zooms) if zoomed else make_meta())
+    renderer = render_zoomed if zoomed else render
+    return generate_views(cache, renderer, SAMPLER.poses, shard=shard, num_shards=num_shards, progress=False)
 
 
 @pytest.mark.unit
@@ -182,20 +200,23 @@ def test_kill_and_resume_is_byte_identical(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_two_shards_in_two_processes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("zoomed", [False, True], ids=["whole-views", "zoomed-views"])
+def test_two_shards_in_two_processes(tmp_path: Path, zoomed: bool) -> None:
+    """Shards agree: each process draws every view's pose (and zoom and window) itself, and the cache they fill
+    together is byte for byte the one a single process fills."""
     # Shard 1 in a spawned process, shard 0 in this one (one spawn keeps the test fast: importing torch is
     # most of its cost).
-    child = multiprocessing.get_context("spawn").Process(target=generate_shard, args=(str(tmp_path), 1, 2))
+    child = multiprocessing.get_context("spawn").Process(target=generate_shard, args=(str(tmp_path), 1, 2, zoomed))
     child.start()
-    assert generate_shard(str(tmp_path), 0, 2) == NUM_VIEWS // 2
+    assert generate_shard(str(tmp_path), 0, 2, zoomed) == NUM_VIEWS // 2
     child.join(timeout=60)
     assert child.exitcode == 0
     cache = PseudoViewCache.open(tmp_path)
     assert cache.complete() and cache.indices() == list(range(NUM_VIEWS))
     assert sorted(os.listdir(cache.views_dir)) == [f"{i:08d}.npz" for i in range(NUM_VIEWS)]
-    reference = PseudoViewCache(tmp_path / "single", make_meta())
-    generate_views(reference, render, SAMPLER.poses, progress=False)
-    assert view_files(cache.root) == view_files(reference.root)
+    reference = tmp_path / "single"
+    generate_shard(str(reference), 0, 1, zoomed)
+    assert view_files(cache.root) == view_files(reference)
 
 
 @pytest.mark.unit
@@ -299,6 +320,16 @@ def test_another_teacher_checkpoint_is_refused(tmp_path: Path) -> None:
         PseudoViewCache(tmp_path / "cache", meta_of_run(run))
     assert isinstance(error.value, UsageError) and isinstance(error.value, ValueError)
     assert "new cache directory, or delete" in str(error.value) and "\n" not in str(error.value)
+
+
+@pytest.mark.unit
+def test_a_cache_of_other_zoom_levels_is_refused(tmp_path: Path) -> None:
+    PseudoViewCache(tmp_path, zoomed_meta((1.0, 2.0, 4.0)))
+    with pytest.raises(CacheMismatchError, match=r"extra\.crops\.zooms: \[1\.0, 2\.0, 4\.0\] vs \[1\.0, 2\.0\]"):
+        PseudoViewCache(tmp_path, zoomed_meta((1.0, 2.0)))
+    with pytest.raises(CacheMismatchError, match=r"extra\.crops\.zooms: \[1\.0, 2\.0, 4\.0\] vs None"):
+        PseudoViewCache(tmp_path, zoomed_meta((1.0,)))
+    assert PseudoViewCache(tmp_path, zoomed_meta((1.0, 2.0, 4.0))).meta.extra["crops"]["zooms"] == [1.0, 2.0, 4.0]
 
 
 @pytest.mark.unit

@@ -3,9 +3,11 @@ import math
 
 import pytest
 import torch
+from nerfstudio.cameras.cameras import Cameras
 from torch.nn.functional import normalize
 
 from nerfstudio_mobile.common.intrinsics import Intrinsics
+from nerfstudio_mobile.mobile_r2l.encoding import pinhole_rays
 from nerfstudio_mobile.mobile_r2l.views import (
     MAX_POLAR_DEG,
     MIN_POLAR_DEG,
@@ -210,3 +212,75 @@ def test_whole_frame_fraction_and_bad_fractions() -> None:
     assert (whole.height, whole.width) == (80, 96) and whole.corner(7) == (0, 0)
     with pytest.raises(ValueError, match="crop fraction"):
         ViewCrops.fit(FRAME, fraction=0.0, block=8, seed=0)
+
+
+ZOOMS = (1.0, 2.0, 4.0)
+
+
+def test_zoom_windows_lie_on_the_ray_grid_inside_their_zoomed_frame() -> None:
+    """A view at zoom z is a window of 1/z of the frame's sides at z× its focal length: a whole view's pixels."""
+    crops = ViewCrops.fit(FRAME, fraction=1.0, block=8, seed=3, zooms=ZOOMS)
+    counts = dict.fromkeys(ZOOMS, 0)
+    for index in range(300):
+        zoom, (top, left), window = crops.zoom(index), crops.corner(index), crops.intrinsics(index)
+        counts[zoom] += 1
+        assert (window.height, window.width) == (FRAME.height, FRAME.width)
+        assert (window.fx, window.fy) == (FRAME.fx * zoom, FRAME.fy * zoom)
+        assert top % 8 == 0 and left % 8 == 0
+        assert 0 <= top <= FRAME.height * zoom - crops.height and 0 <= left <= FRAME.width * zoom - crops.width
+    assert all(count > 70 for count in counts.values()), counts  # levels drawn uniformly
+    half = ViewCrops.fit(FRAME, fraction=0.5, block=8, seed=3, zooms=(2.0,))
+    assert (half.height, half.width) == (40, 48) and half.intrinsics(0).fx == 2 * FRAME.fx  # crops zoom too
+
+
+def test_zoom_and_window_are_a_function_of_seed_and_index_only() -> None:
+    crops = ViewCrops.fit(FRAME, fraction=1.0, block=8, seed=3, zooms=ZOOMS)
+    forward = [crops.intrinsics(i) for i in range(30)]
+    assert [crops.intrinsics(i) for i in reversed(range(30))] == forward[::-1]
+    assert ViewCrops.fit(FRAME, fraction=1.0, block=8, seed=3, zooms=ZOOMS).intrinsics(17) == forward[17]
+    other_seed = ViewCrops.fit(FRAME, fraction=1.0, block=8, seed=4, zooms=ZOOMS)
+    assert [crops.zoom(i) for i in range(30)] != [other_seed.zoom(i) for i in range(30)]
+
+
+def student_ray_grid(cameras: Cameras, block: int) -> torch.Tensor:
+    """Ray directions [B, h, w, 3] of the student's low-resolution grid for `cameras`, as MobileR2LModel.encode casts
+    them (focal length and principal point / block, one ray per block)."""
+    intrinsics = (getattr(cameras, name).reshape(-1) / block for name in ("fx", "fy", "cx", "cy"))
+    height, width = int(cameras.height.flatten()[0]) // block, int(cameras.width.flatten()[0]) // block
+    return pinhole_rays(cameras.camera_to_worlds, *intrinsics, height=height, width=width)[1]
+
+
+@pytest.mark.parametrize("zoom", [2.0, 4.0])
+def test_a_zoomed_window_casts_the_rays_of_that_region_of_a_zoomed_frame(zoom: float) -> None:
+    """What the teacher renders for a view at zoom z is, ray for ray, that region of the frame a viewer asks for at z×
+    the resolution; and the student's ray grid of the window is that region of its ray grid for the z× frame."""
+    crops = ViewCrops.fit(FRAME, fraction=1.0, block=8, seed=0, zooms=(zoom,))
+    indices = [0, 1, 2]
+    c2w = SphereViewSampler.fit(hemisphere_rig()).poses(indices)
+    viewer = FRAME.cameras(c2w)
+    viewer.rescale_output_resolution(zoom)  # what nerfstudio's viewer does for a larger render
+    windows = crops.cameras(indices, c2w)
+    frame_rays = viewer.generate_rays(camera_indices=torch.arange(3)[:, None])
+    window_rays = windows.generate_rays(camera_indices=torch.arange(3)[:, None])
+    frame_grid, window_grid = student_ray_grid(viewer, 8), student_ray_grid(windows, 8)
+    for view in indices:
+        top, left = crops.corner(view)
+        expected = frame_rays.directions[top : top + crops.height, left : left + crops.width, view]
+        torch.testing.assert_close(window_rays.directions[:, :, view], expected)
+        rows, columns = slice(top // 8, (top + crops.height) // 8), slice(left // 8, (left + crops.width) // 8)
+        torch.testing.assert_close(window_grid[view], frame_grid[view, rows, columns])
+
+
+def test_crops_without_zoom_keep_the_windows_and_identity_they_had_before_zooms() -> None:
+    """Caches of crops made before zoom levels existed stay valid: same corners, same identity."""
+    for crops in (ViewCrops.fit(FRAME, 0.5, 8, 3), ViewCrops.fit(FRAME, 0.5, 8, 3, zooms=(1.0, 1.0))):
+        assert [crops.corner(i) for i in range(8)] == [(32, 32), (16, 16), (40, 16), (16, 48), (24, 40), (8, 48),
+                                                       (32, 0), (8, 32)]  # fmt: skip
+        assert crops.to_dict() == {"frame": [80, 96], "block": 8}
+    assert ViewCrops.fit(FRAME, 0.5, 8, 3, zooms=ZOOMS).to_dict()["zooms"] == [1.0, 2.0, 4.0]
+
+
+def test_bad_zoom_levels() -> None:
+    for zooms in ((), (0.5, 1.0), (float("inf"),)):
+        with pytest.raises(ValueError, match="zoom levels must be one or more numbers of at least 1"):
+            ViewCrops.fit(FRAME, fraction=1.0, block=8, seed=0, zooms=zooms)

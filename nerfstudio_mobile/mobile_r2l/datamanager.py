@@ -3,11 +3,11 @@
     teacher config.yml ─► its dataparser on its data ─► training cameras (teacher's normalised frame)
                                                           │
              view sampler (360 sphere / forward-facing box) ◄┘
-                     │ pose of view i = f(seed, i)
+                     │ pose of view i = f(seed, i); its window (whole frame, or a crop / zoom: ViewCrops) too
                      ▼
-    teacher renders full-resolution RGB + depth ─► PseudoViewCache (sharded, resumable, uint8 / fp16)
+    teacher renders RGB + depth ─► PseudoViewCache (sharded, resumable, uint8 / fp16)
                      ▼
-    training batches: B whole pseudo views ... then B real training images for the last `finetune_steps`
+    training batches: B pseudo views ... then B real training images for the last `finetune_steps`
 
 Evaluation (ns-eval, the viewer) uses the dataset's real val/test split, exactly as the teacher's.
 """
@@ -32,6 +32,7 @@ from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
 from nerfstudio_mobile.common.checkpoints import latest_checkpoint
+from nerfstudio_mobile.common.cli import UsageError
 from nerfstudio_mobile.common.runs import RunError, check_checkpoint, run_data
 from nerfstudio_mobile.mobile_r2l.cache import (
     CacheMeta,
@@ -48,7 +49,7 @@ from nerfstudio_mobile.mobile_r2l.teacher import (
     read_teacher_config,
     teacher_ray_space,
 )
-from nerfstudio_mobile.mobile_r2l.views import PseudoViewSamplerConfig, ViewCrops, make_view_sampler
+from nerfstudio_mobile.mobile_r2l.views import PseudoViewSamplerConfig, ViewCrops, check_crops, make_view_sampler
 
 # MobileR2L's super-resolution factors per scene layout: 8× for 360 scenes, 12× for forward-facing ones.
 UPSCALE_FACTORS: dict[str, tuple[int, ...]] = {"360": (2, 2, 2), "forward-facing": (2, 2, 3)}
@@ -64,12 +65,17 @@ class PseudoViewDataManagerConfig(FullImageDatamanagerConfig):
     num_pseudo_views: int = 10_000
     """Pseudo views the teacher renders (paper: 10k for 360 scenes, 8k forward-facing)."""
     pseudo_view_dir: Path | None = None
-    """Cache directory; default: <teacher run>/pseudo_views/<layout>-<N>-<H>x<W>-seed<seed>. Reused across runs."""
+    """Cache directory; default: <teacher run>/pseudo_views/<layout>-<N>-<H>x<W>[-of<frame>][-zoom<levels>]-seed<seed>.
+    Reused across runs."""
     pseudo_view_scale: float = 1.0
     """Resolution of the pseudo views relative to the training images (1.0 = full resolution, as the paper)."""
     crop_fraction: float = 1.0
     """Each pseudo view covers this fraction of the frame's sides, at a random place on the student's ray grid
     (1.0 = whole frames, as the paper): the same teacher pixels buy 1/fraction² times more poses."""
+    zoom_levels: tuple[float, ...] = (1.0,)
+    """Each pseudo view is zoomed by one of these, drawn per view (repeat one to weight it): a window of 1/z of the
+    frame rendered at z× the focal length, same pixels, z× finer rays, as a viewer at z× the training resolution asks
+    for (1.0 = the training resolution only, as the paper). Combines with crop-fraction."""
     sampler: PseudoViewSamplerConfig = field(default_factory=PseudoViewSamplerConfig)
     """Where pseudo views are placed (layout auto-detected from the training cameras)."""
     images_per_batch: int = 54
@@ -113,6 +119,13 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
         local_rank: int = 0,
         **kwargs,
     ) -> None:
+        try:
+            check_crops(config.crop_fraction, config.zoom_levels)
+        except ValueError as error:
+            raise UsageError(
+                f"{error}: pass --pipeline.datamanager.crop-fraction in (0, 1] and --pipeline.datamanager.zoom-levels "
+                "of 1 or more."
+            ) from error
         teacher_config = config.adopt_teacher()
         super().__init__(config, device, test_mode, world_size, local_rank, **kwargs)
         self.pinhole = pinhole_intrinsics(self.train_dataparser_outputs.cameras)
@@ -129,9 +142,9 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
         scale = config.pseudo_view_scale
         self.frame = self.pinhole.resized(round(self.pinhole.width * scale), round(self.pinhole.height * scale))
         self.crops = None
-        if config.crop_fraction < 1:
-            block = math.prod(self.upscale_factors)
-            self.crops = ViewCrops.fit(self.frame, config.crop_fraction, block, config.sampler.seed)
+        if config.crop_fraction < 1 or any(zoom != 1 for zoom in config.zoom_levels):
+            block, seed = math.prod(self.upscale_factors), config.sampler.seed
+            self.crops = ViewCrops.fit(self.frame, config.crop_fraction, block, seed, config.zoom_levels)
         if test_mode == "val":  # training: make sure every pseudo view exists, then read them
             cache = build_pseudo_view_cache(config, self, shard=0, num_shards=1)
             near, far = cache.meta.extra["near_far"]
@@ -195,6 +208,8 @@ def build_pseudo_view_cache(
     height, width = (crops.height, crops.width) if crops else (views.height, views.width)
     teacher_run = read_teacher_config(config.teacher_config)
     windows = f"-of{views.height}x{views.width}" if crops else ""
+    if crops and crops.zoomed:
+        windows += "-zoom" + "-".join(f"{zoom:g}" for zoom in crops.zooms)
     root = config.pseudo_view_dir or (
         Path(teacher_run.get_base_dir())
         / "pseudo_views"

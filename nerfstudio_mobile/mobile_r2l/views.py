@@ -225,58 +225,98 @@ class ForwardFacingViewSampler(ViewSampler):
 
 @dataclass(frozen=True)
 class ViewCrops:
-    """The part of its frame each pseudo view covers. The teacher renders, and the student learns from, a
-    `height`×`width` window of the frame whose corner is a pure function of (seed, index) and lies on the
-    student's ray grid (multiples of `block` pixels): the same teacher pixels buy many more poses, and the
-    student's 1×1 convs and local super-resolution see every window as they see that part of a whole frame."""
+    """The part of its frame each pseudo view covers, and at which zoom. The teacher renders, and the student learns
+    from, a `height`×`width` window of the frame zoomed `zoom(index)` times (focal length and size multiplied, the
+    camera a viewer asks for at that resolution), whose corner lies on the student's ray grid of the zoomed frame
+    (multiples of `block` pixels). Zoom and corner are a pure function of (seed, index).
+
+    Crops: the same teacher pixels buy many more poses, and the student's 1×1 convs and local super-resolution see
+    every window as they see that part of a whole frame. Zooms: a window of 1/z of the frame at z× its ray density has
+    a whole view's pixel count (batches stack, a view costs the teacher the same) and teaches the student the z× finer
+    ray spacing a viewer at z× the training resolution asks for."""
 
     frame: Intrinsics
     height: int
     width: int
     block: int
     seed: int
+    zooms: tuple[float, ...] = (1.0,)
+    """Zoom levels, drawn uniformly per view (repeat a level to weight it)."""
 
     @classmethod
-    def fit(cls, frame: Intrinsics, fraction: float, block: int, seed: int) -> ViewCrops:
-        """Windows of `fraction` of the frame's sides, rounded to whole blocks (at least one)."""
-        if not 0 < fraction <= 1:
-            raise ValueError(f"the crop fraction must lie in (0, 1], got {fraction}")
+    def fit(
+        cls, frame: Intrinsics, fraction: float, block: int, seed: int, zooms: tuple[float, ...] = (1.0,)
+    ) -> ViewCrops:
+        """Windows of `fraction` of the frame's sides, rounded to whole blocks (at least one), at `zooms`."""
+        check_crops(fraction, zooms)
 
         def side(pixels: int) -> int:
             return min(pixels // block, max(1, round(pixels * fraction / block))) * block
 
-        return cls(frame, side(frame.height), side(frame.width), block, seed)
+        return cls(frame, side(frame.height), side(frame.width), block, seed, tuple(float(zoom) for zoom in zooms))
+
+    @property
+    def zoomed(self) -> bool:
+        """Whether some views are zoomed (a level other than 1)."""
+        return any(zoom != 1 for zoom in self.zooms)
+
+    def zoom(self, index: int) -> float:
+        """The zoom level of view `index`."""
+        generator = torch.Generator().manual_seed(view_seed(self.seed, index) ^ _ZOOM_SALT)
+        return self.zooms[int(torch.randint(len(self.zooms), (1,), generator=generator))]
+
+    def zoomed_frame(self, index: int) -> Intrinsics:
+        """The frame at view `index`'s zoom: the camera a viewer renders at that multiple of the frame's size."""
+        zoom = self.zoom(index)
+        return self.frame.resized(round(self.frame.width * zoom), round(self.frame.height * zoom))
 
     def corner(self, index: int) -> tuple[int, int]:
-        """(top, left) pixel of view `index`'s window."""
+        """(top, left) pixel of view `index`'s window in its zoomed frame."""
+        frame = self.zoomed_frame(index)
         generator = torch.Generator().manual_seed(view_seed(self.seed, index) ^ _CROP_SALT)
-        rows = (self.frame.height - self.height) // self.block + 1
-        columns = (self.frame.width - self.width) // self.block + 1
+        rows = (frame.height - self.height) // self.block + 1
+        columns = (frame.width - self.width) // self.block + 1
         top, left = (int(torch.randint(n, (1,), generator=generator)) * self.block for n in (rows, columns))
         return top, left
 
     def intrinsics(self, index: int) -> Intrinsics:
-        """The window of view `index` as a camera of its own: the frame's focal length, principal point shifted."""
+        """The window of view `index` as a camera of its own: the zoomed frame's focal length, principal point
+        shifted."""
         top, left = self.corner(index)
-        frame = self.frame
+        frame = self.zoomed_frame(index)
         return Intrinsics(frame.fx, frame.fy, frame.cx - left, frame.cy - top, self.width, self.height)
 
     def cameras(self, indices: Sequence[int], c2w: Tensor) -> Cameras:
-        """The windows of views `indices` at their poses c2w [B, 3, 4] (one size, per-view principal points)."""
+        """The windows of views `indices` at their poses c2w [B, 3, 4] (one size, per-view intrinsics)."""
         windows = [self.intrinsics(index) for index in indices]
+
+        def column(name: str) -> Tensor:
+            return torch.tensor([[getattr(window, name)] for window in windows])
+
         return Cameras(
-            camera_to_worlds=c2w.float(), fx=self.frame.fx, fy=self.frame.fy,
-            cx=torch.tensor([[w.cx] for w in windows]), cy=torch.tensor([[w.cy] for w in windows]),
+            camera_to_worlds=c2w.float(), fx=column("fx"), fy=column("fy"), cx=column("cx"), cy=column("cy"),
             width=self.width, height=self.height, camera_type=CameraType.PERSPECTIVE,
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
-        """What decides the windows (JSON-ready, for a cache's identity)."""
-        return {"frame": [self.frame.height, self.frame.width], "block": self.block}
+        """What decides the windows (JSON-ready, for a cache's identity). Without zoom it is what it was before zooms
+        existed, so caches of crops made then keep their identity."""
+        zooms = {"zooms": list(self.zooms)} if self.zoomed else {}
+        return {"frame": [self.frame.height, self.frame.width], "block": self.block, **zooms}
 
 
-# Keeps a view's window independent of its pose's random numbers.
+def check_crops(fraction: float, zooms: Sequence[float]) -> None:
+    """ValueError, in words, unless 0 < `fraction` <= 1 and `zooms` are one or more levels of at least 1."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"the crop fraction must lie in (0, 1], got {fraction}")
+    if len(zooms) == 0 or not all(math.isfinite(zoom) and zoom >= 1 for zoom in zooms):
+        raise ValueError(f"zoom levels must be one or more numbers of at least 1, got {tuple(zooms)}")
+
+
+# Keep a view's window and zoom independent of its pose's random numbers and of each other (so a view's corner
+# without zoom is the one it had before zooms existed).
 _CROP_SALT = 0x5EED_C409
+_ZOOM_SALT = 0x5EED_2004
 
 
 @dataclass
