@@ -296,7 +296,7 @@ def train_stage(config: TrainerConfig, bars: StageBars, stage: str) -> Path:
         config.max_num_iterations -= last_step + 1
     config.logging.local_writer.enable = False  # the bar replaces its step table, whose cursor moves garble the log
     train(config, lambda step: bars.update(stage, step + 1, note))
-    bars.finish(stage)
+    bars.finish(stage, note)  # a resumed stage says so on its finished bar too
     return config_path
 
 
