@@ -78,6 +78,9 @@ class DistillQuality:
         write_results(name, summary, markdown(self.scene, summary) + recipes_table(name, summary, others))
 
 
+RECIPE_KNOBS = ("teacher_steps", "student_steps", "pseudo_views", "student_width", "student_blocks", "student_lr")
+
+
 def recipes_table(name: str, summary: dict, others: dict[str, dict]) -> str:
     """This result beside the other recipes measured on the same scene and teacher: student PSNR against CPU
     minutes end to end (teacher included)."""
@@ -90,8 +93,7 @@ def recipes_table(name: str, summary: dict, others: dict[str, dict]) -> str:
         return result["total_minutes"] + result.get("reused_minutes", 0.0)  # stages an earlier invocation ran
 
     for key, result in sorted({**others, name: summary}.items(), key=lambda item: minutes(item[1])):
-        keys = ("teacher_steps", "student_steps", "pseudo_views", "student_width", "student_blocks", "student_lr")
-        setup = {key: value for key, value in result["setup"].items() if key in keys}
+        setup = {knob: value for knob, value in result["setup"].items() if knob in RECIPE_KNOBS}
         teacher, student = result["teacher"]["psnr"], result["student"]["psnr"]
         cells = (key, setup, result.get("cpu", ""), f"{minutes(result):.0f}", f"{teacher:.2f}", f"{student:.2f}",
                  f"{student - teacher:+.2f}")  # fmt: skip

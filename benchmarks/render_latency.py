@@ -177,8 +177,9 @@ def student_rows(args: Args, directory: Path) -> list[dict]:
 
 
 CEILING_DEPTH = 8
-"""1×1 convs chained in the ceiling measurement: one conv alone is dominated by per-call overhead (weight reorders,
-dispatch) that a whole network amortises, which made a single conv read slower than the student itself."""
+"""1×1 convs chained in the ceiling measurement, so per-call overhead (weight reorders, dispatch) is amortised as in
+a whole network. On an AMX CPU the chain still reads below the compiled student (results/render_latency.md), so the
+ceiling there is a lower bound."""
 
 
 def onnx_conv_chain(x: np.ndarray, weights: list[np.ndarray], int8: bool) -> "onnx.ModelProto":
