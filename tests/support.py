@@ -58,6 +58,16 @@ def ns_command(name: str) -> str:
     return str(Path(sys.executable).parent / name)
 
 
+WORLD_UP = torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64)
+
+
+def look_at(position: torch.Tensor, target: torch.Tensor, up: torch.Tensor = WORLD_UP) -> torch.Tensor:
+    """c2w [3, 4] (float64, nerfstudio / OpenGL: right, up, back) of a camera at `position` looking at `target`."""
+    back = torch.nn.functional.normalize(position - target, dim=0)
+    right = torch.nn.functional.normalize(torch.linalg.cross(up, back), dim=0)
+    return torch.stack([right, torch.linalg.cross(back, right), back, position], dim=1)
+
+
 def viewer_camera(pipeline: Pipeline, height: int, width: int) -> Cameras:
     """Training camera 0 resized to height × width, aspect ratio included, as the viewer asks for."""
     camera = pipeline.datamanager.train_dataparser_outputs.cameras[0:1]
@@ -86,13 +96,14 @@ NERFACTO_ARGS = [
 ]  # fmt: skip
 
 
-def stock_run(method: str, dataparser: str, scene: Path, workdir: Path) -> Path:
+def stock_run(method: str, dataparser: str, scene: Path, workdir: Path, iterations: int = NERFACTO_ITERATIONS) -> Path:
     """config.yml of a stock nerfstudio method trained on `scene` by the real `ns-train`, CPU flags as a user
     passes them here, data given to the dataparser subcommand as nerfstudio's docs show."""
+    workdir.mkdir(parents=True, exist_ok=True)
     run_ns(
         [ns_command("ns-train"), method, "--machine.device-type", "cpu", "--output-dir", "outputs",
          "--experiment-name", "scene", "--timestamp", "run", "--vis", "tensorboard",
-         "--max-num-iterations", str(NERFACTO_ITERATIONS), "--steps-per-save", str(NERFACTO_ITERATIONS),
+         "--max-num-iterations", str(iterations), "--steps-per-save", str(iterations),
          "--steps-per-eval-batch", "100000", "--steps-per-eval-image", "100000",
          "--steps-per-eval-all-images", "100000", *NERFACTO_ARGS, dataparser, "--data", str(scene)],
         cwd=workdir,

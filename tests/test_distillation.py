@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from nerfstudio.data.scene_box import SceneBox
-from support import STUDENT_PSEUDO_VIEWS, ns_command, run_ns, viewer_camera
+from support import STUDENT_PSEUDO_VIEWS, ns_command, run_ns, stock_run, viewer_camera
 
 from nerfstudio_mobile.common.cli import UsageError
 from nerfstudio_mobile.common.intrinsics import Intrinsics
@@ -25,6 +25,7 @@ from nerfstudio_mobile.mobile_r2l.datamanager import (
     build_pseudo_view_cache,
 )
 from nerfstudio_mobile.mobile_r2l.model import MobileR2LModelConfig
+from nerfstudio_mobile.mobile_r2l.near_plane import geometric_near_range
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetworkConfig
 from nerfstudio_mobile.mobile_r2l.optimization import WarmupStepDecaySchedulerConfig
 
@@ -189,6 +190,33 @@ def test_a_stock_nerfacto_teacher_of_a_phone_capture_distils_with_no_extra_flags
         assert exported.verification.passed, (exported.path.name, exported.verification.failures)
         sidecar = json.loads(exported.path.with_suffix(".json").read_text())
         assert sidecar["rays"]["space"] == "contracted" and "disparity" in sidecar["rays"]["channel_order"]
+
+
+def test_a_stock_depth_nerfacto_teacher_of_an_rgbd_capture_distils_with_no_extra_flags(
+    phone_capture: Path, tmp_path: Path
+) -> None:
+    """`ns-train depth-nerfacto ... nerfstudio-data --data <capture>` trains nerfacto under the capture's depth maps
+    (offline: without them it would fetch a monocular depth network); the student needs nothing but its config.yml,
+    and, as for nerfacto, samples its contracted space from a near plane the training cameras bound."""
+    teacher_run = stock_run("depth-nerfacto", "nerfstudio-data", phone_capture, tmp_path / "teacher", 20)
+    run_ns(
+        [ns_command("ns-train"), "mobile-r2l", "--pipeline.datamanager.teacher-config", str(teacher_run),
+         "--output-dir", "outputs", "--experiment-name", "scene", "--timestamp", "run", "--vis", "tensorboard",
+         "--max-num-iterations", "20", "--steps-per-save", "20", "--pipeline.datamanager.finetune-steps", "5",
+         "--pipeline.datamanager.num-pseudo-views", "4", "--pipeline.datamanager.images-per-batch", "2",
+         "--pipeline.model.network.num-blocks", "1", "--pipeline.model.network.width", "16"],
+        cwd=tmp_path,
+    )  # fmt: skip
+    _, student, _ = load_run(tmp_path / "outputs" / "scene" / "mobile-r2l" / "run" / "config.yml")
+    cache = teacher_cache(teacher_run)
+    assert cache.meta.teacher["method"] == "depth-nerfacto" and cache.complete()
+    assert student.model.encoding_config.space == "contracted"
+    near, far = student.model.near_far.tolist()
+    assert far == pytest.approx(1000.0) and near == pytest.approx(cache.meta.extra["near_far"][0])
+    floor, cap = geometric_near_range(student.datamanager.train_dataparser_outputs.cameras.camera_to_worlds, 0.05)
+    assert floor <= near * (1 + 1e-6) and near <= cap * (1 + 1e-6)
+    camera, _ = student.datamanager.fixed_indices_eval_dataloader[0]
+    assert torch.isfinite(student.model.get_outputs_for_camera(camera)["rgb"]).all()
 
 
 def test_forward_facing_student_upscales_12x_and_renders_any_size() -> None:

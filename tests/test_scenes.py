@@ -17,6 +17,7 @@ from nerfstudio.cameras import camera_utils
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.data.dataparsers.blender_dataparser import BlenderDataParserConfig
 from nerfstudio.data.dataparsers.nerfstudio_dataparser import NerfstudioDataParserConfig
+from nerfstudio.data.datasets.depth_dataset import DepthDataset
 
 from nerfstudio_mobile.data.scenes import (
     SceneConfig,
@@ -24,6 +25,7 @@ from nerfstudio_mobile.data.scenes import (
     focal_length,
     generate_scene,
     render,
+    render_depth,
     render_view,
     writer,
 )
@@ -297,6 +299,7 @@ def test_distorted_capture_is_written_as_ns_process_data_does(phone_dir: Path) -
     assert (meta["k1"], meta["k2"], meta["p1"], meta["p2"]) == DISTORTION
     paths = [frame["file_path"] for frame in meta["frames"]]
     assert paths == [f"images/frame_{i:05d}.png" for i in range(1, 6)]
+    assert [frame["depth_file_path"] for frame in meta["frames"]] == [f"depths/frame_{i:05d}.png" for i in range(1, 6)]
     splits = [meta[f"{split}_filenames"] for split in ("train", "val", "test")]
     assert splits == [paths[:3], paths[3:4], paths[4:]]
     poses = camera_poses(PHONE)
@@ -364,6 +367,25 @@ def test_distorted_image_undistorts_to_the_pinhole_image(phone_dir: Path) -> Non
         return float(np.abs(cv2.GaussianBlur(image - pinhole, (0, 0), 1.5))[inner].mean())
 
     assert error(undistorted) < 0.4 * error(distorted), (error(undistorted), error(distorted))
+
+
+def test_depth_maps_are_the_z_depth_nerfstudio_reads(phone_dir: Path) -> None:
+    """An RGB-D capture: depth-nerfacto reads each frame's depth map (uint16 millimetres) and scales it with the
+    poses; it is the distance along the optical axis to what the pixel sees, through the same lens as the image."""
+    size, c = PHONE.image_size, PHONE.image_size // 2
+    raw = cv2.imread(str(phone_dir / "depths" / "frame_00001.png"), cv2.IMREAD_ANYDEPTH)
+    assert raw.dtype == np.uint16 and raw.shape == (size, size) and (raw > 0).all(), "unbounded: every pixel sees"
+    c2w = camera_poses(PHONE)["train"][0]
+    assert raw[c, c] == round(1000 * (np.linalg.norm(c2w[:3, 3]) - 0.5)), "the axis meets the globe (radius 0.5)"
+    outputs = NerfstudioDataParserConfig(data=phone_dir).setup().get_dataparser_outputs("train")
+    dataset = DepthDataset(outputs)
+    depth = dataset[0]["depth_image"][..., 0]
+    assert torch.allclose(depth, torch.from_numpy(raw.astype(np.float32)) * 1e-3 * outputs.dataparser_scale)
+    # the depth of a pixel is along the ray nerfstudio shoots through it (distorted lens): same z as a pinhole
+    # render's only on the axis, where the lens does not bend rays
+    pinhole = render_depth(torch.from_numpy(c2w), size, PHONE.camera_angle_x, unbounded=True)
+    assert abs(float(pinhole[c, c]) - raw[c, c] * 1e-3) < 1e-3
+    assert (np.abs(pinhole.numpy() - raw * 1e-3) > 0.01).any()
 
 
 def test_unbounded_scene_has_far_opaque_surroundings(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ import math
 import pytest
 import torch
 from nerfstudio.cameras.cameras import Cameras
+from support import WORLD_UP, look_at
 from torch.nn.functional import normalize
 
 from nerfstudio_mobile.common.intrinsics import Intrinsics
@@ -22,13 +23,6 @@ from nerfstudio_mobile.mobile_r2l.views import (
 
 F64 = torch.float64  # rigs are built in float64 and handed to the samplers as float32
 CENTRE = torch.tensor([0.3, -0.2, 0.1], dtype=F64)
-WORLD_UP = torch.tensor([0.0, 0.0, 1.0], dtype=F64)
-
-
-def look_at(position: torch.Tensor, target: torch.Tensor, up: torch.Tensor = WORLD_UP) -> torch.Tensor:
-    back = normalize(position - target, dim=0)
-    right = normalize(torch.linalg.cross(up, back), dim=0)
-    return torch.stack([right, torch.linalg.cross(back, right), back, position], dim=1)
 
 
 def hemisphere_rig(num_cameras: int = 60, radii: tuple[float, float] = (3.5, 4.5)) -> torch.Tensor:

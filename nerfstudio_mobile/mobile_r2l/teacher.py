@@ -21,6 +21,7 @@ from torch import Tensor
 from nerfstudio_mobile.common.cli import UsageError
 from nerfstudio_mobile.common.intrinsics import Intrinsics
 from nerfstudio_mobile.common.runs import RunError, load_run, read_run_config
+from nerfstudio_mobile.mobile_r2l.near_plane import contracted_near
 
 # Output names across nerfstudio models (vanilla-nerf only has the *_fine ones).
 OUTPUT_NAMES = {
@@ -140,10 +141,9 @@ class Teacher:
             found[name] = outputs[key].float().cpu()
         return found["rgb"].clamp(0, 1), found["depth"][..., 0], found["accumulation"][..., 0]
 
-    def estimate_near_far(self, cameras: Cameras, margin: float = 0.1) -> tuple[float, float]:
-        """Near/far for a teacher without a collider (e.g. nerfacto): the range of its rendered surface depths on a
-        few training views, widened by `margin`. A teacher that contracts space keeps its own far plane: the
-        student samples to it in disparity, so the background is covered too."""
+    def rendered_depth_range(self, cameras: Cameras) -> tuple[float, float] | None:
+        """1st and 99th percentiles of the ray distances of the opaque pixels (accumulation > 0.5) the teacher renders
+        on up to 8 training views; None when there are none."""
         depths = []
         for index in torch.linspace(0, len(cameras) - 1, min(8, len(cameras))).long().tolist():
             camera = cameras[index : index + 1]
@@ -151,9 +151,22 @@ class Teacher:
             depths.append(depth[accumulation > 0.5])
         surface = torch.cat(depths)
         if surface.numel() == 0:
-            raise TeacherError("the teacher renders no opaque surface on its training views: is it trained?")
+            return None
         low, high = torch.quantile(surface[:: max(1, surface.numel() // 100_000)], torch.tensor([0.01, 0.99]))
-        near = float(low) * (1 - margin)
+        return float(low), float(high)
+
+    def estimate_near_far(self, cameras: Cameras, margin: float = 0.1) -> tuple[float, float]:
+        """Near/far for a teacher without a collider (e.g. nerfacto). One that contracts space keeps its own far plane
+        (the student samples to it in disparity, so the background is covered too) and gets a near plane its
+        training cameras bound (near_plane.py). Otherwise: the range of its rendered surface depths on a few training
+        views, widened by `margin`."""
+        rendered = self.rendered_depth_range(cameras)
+        model = self.config.pipeline.model
         if teacher_ray_space(self.config) == "contracted":
-            return near, float(self.config.pipeline.model.far_plane)
-        return near, float(high) * (1 + margin)
+            nearest = rendered[0] * (1 - margin) if rendered else None
+            near = contracted_near(cameras.camera_to_worlds, nearest, float(model.near_plane))
+            if near is not None:
+                return near, float(model.far_plane)
+        if rendered is None:
+            raise TeacherError("the teacher renders no opaque surface on its training views: is it trained?")
+        return rendered[0] * (1 - margin), rendered[1] * (1 + margin)

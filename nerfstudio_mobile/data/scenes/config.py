@@ -58,7 +58,8 @@ class SceneConfig:
     """Seed of the training camera positions (the only random part of the scene)."""
     format: Literal["blender", "nerfstudio"] = "blender"
     """'blender': transforms_{train,val,test}.json and RGBA images; 'nerfstudio': one transforms.json with
-    OpenCV intrinsics and images/frame_*.png, as ns-process-data writes."""
+    OpenCV intrinsics, images/frame_*.png and their depth maps depths/frame_*.png (uint16 millimetres, what
+    depth-nerfacto reads), as ns-process-data writes an RGB-D capture."""
     distortion: Distortion = (0.0, 0.0, 0.0, 0.0)
     """OpenCV k1 k2 p1 p2 of the lens the images are rendered through (nerfstudio format only)."""
     unbounded: bool = False

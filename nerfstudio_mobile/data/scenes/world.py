@@ -141,12 +141,13 @@ def _hits_bounds(o: Vec3, d: Vec3) -> Tensor:
     return (t_near <= t_far) & (t_far > 0.0)
 
 
-def _solid_hits(origin: tuple[float, float, float], d: Tensor) -> tuple[Tensor, Tensor]:
-    """Indices of the rays (unit directions d [N,3] from one origin) that hit a solid, and their colours [M,3]."""
+def _solid_hits(origin: tuple[float, float, float], d: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Indices of the rays (unit directions d [N,3] from one origin) that hit a solid, their colours [M,3] and
+    their distances to the hit [M]."""
     comps = (d[:, 0].contiguous(), d[:, 1].contiguous(), d[:, 2].contiguous())
     active = _hits_bounds(origin, comps).nonzero()[:, 0]
     if active.numel() == 0:
-        return active, d.new_zeros(0, 3)
+        return active, d.new_zeros(0, 3), d.new_zeros(0)
     da = tuple(c[active] for c in comps)
     t_a = torch.full_like(da[0], math.inf)
     idx = torch.zeros_like(active)
@@ -158,7 +159,7 @@ def _solid_hits(origin: tuple[float, float, float], d: Tensor) -> tuple[Tensor, 
     hit = torch.isfinite(t_a)
     rays, t_hit, idx = active[hit], t_a[hit], idx[hit]
     if rays.numel() == 0:
-        return rays, d.new_zeros(0, 3)
+        return rays, d.new_zeros(0, 3), d.new_zeros(0)
     p = torch.tensor(origin, dtype=torch.float32) + t_hit[:, None] * d[rays]
     normals = torch.zeros_like(p)
     albedo = torch.zeros_like(p)
@@ -182,7 +183,7 @@ def _solid_hits(origin: tuple[float, float, float], d: Tensor) -> tuple[Tensor, 
         key[lit] = torch.where(occluded, 0.0, key[lit])
     fill = (normals * _FILL_LIGHT).sum(-1).clamp_min(0.0)
     light = _AMBIENT + _KEY * key + _FILL * fill
-    return rays, (albedo * light[:, None]).clamp(0.0, 1.0)
+    return rays, (albedo * light[:, None]).clamp(0.0, 1.0), t_hit
 
 
 # ---- the far surroundings of an unbounded scene ----
@@ -198,8 +199,9 @@ _GROUND_LIGHT = _AMBIENT + _KEY * float(_KEY_LIGHT[2]) + _FILL * float(_FILL_LIG
 """Lambert light on the level ground (unshadowed: the surroundings only need to be far and textured)."""
 
 
-def _environment(origin: tuple[float, float, float], d: Tensor) -> Tensor:
-    """Colour [N,3] of rays d [N,3] leaving the solids: a checkered ground fading into haze under a cloudy sky."""
+def _environment(origin: tuple[float, float, float], d: Tensor) -> tuple[Tensor, Tensor]:
+    """Colour [N,3] of rays d [N,3] leaving the solids, a checkered ground fading into haze under a cloudy sky, and
+    their distances to it [N]."""
     ox, oy, oz = origin
     t_ground = (_GROUND_Z - oz) / d[:, 2]  # negative (or inf) for rays that look up
     gx, gy = ox + t_ground * d[:, 0], oy + t_ground * d[:, 1]
@@ -216,19 +218,21 @@ def _environment(origin: tuple[float, float, float], d: Tensor) -> Tensor:
     sky = _lerp(_HAZE, _rgb(0.30, 0.50, 0.85), torch.sqrt(height))
     clouds = (torch.sin(7.0 * lon) * torch.sin(11.0 * height + 2.0 * lon)).clamp_min(0.0) ** 2
     sky = _lerp(sky, _rgb(1.0, 1.0, 1.0), 0.7 * clouds)
-    return torch.where(on_ground[:, None], ground, sky)
+    return torch.where(on_ground[:, None], ground, sky), torch.where(on_ground, t_ground, t_sky)
 
 
-def trace(origin: tuple[float, float, float], d: Tensor, unbounded: bool) -> tuple[Tensor, Tensor]:
-    """Colour [N,3] of rays from one origin along unit directions d [N,3], and which rays hit something [N]
-    (the colour is 0 where none did). In an unbounded world every ray does: the ground or the sky."""
+def trace(origin: tuple[float, float, float], d: Tensor, unbounded: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Colour [N,3] of rays from one origin along unit directions d [N,3], which rays hit something [N] (the colour
+    is 0 where none did) and how far away [N] (inf where nothing). In an unbounded world every ray hits: the ground
+    or the sky."""
     colour = torch.zeros_like(d)
     hit = torch.zeros(d.shape[:1], dtype=torch.bool)
-    rays, shaded = _solid_hits(origin, d)
-    colour[rays] = shaded
+    distance = torch.full(d.shape[:1], torch.inf)
+    rays, shaded, t_hit = _solid_hits(origin, d)
+    colour[rays], distance[rays] = shaded, t_hit
     hit[rays] = True
     if unbounded:
         rest = (~hit).nonzero()[:, 0]
-        colour[rest] = _environment(origin, d[rest])
+        colour[rest], distance[rest] = _environment(origin, d[rest])
         hit[:] = True
-    return colour, hit
+    return colour, hit, distance

@@ -8,12 +8,14 @@ Blender format (``blender-data``)::
         {train,val,test}/r_<i>.png         # RGBA, straight (non-premultiplied) alpha, background alpha = 0
         scene.json                         # the config that produced the scene (used for reuse checks)
 
-nerfstudio format (``nerfstudio-data``), as ns-process-data writes a COLMAP capture::
+nerfstudio format (``nerfstudio-data``), as ns-process-data writes an RGB-D capture (Record3D, Polycam)::
 
     <output_dir>/
         transforms.json          # camera_model "OPENCV", fl_x fl_y cx cy w h k1 k2 p1 p2, frames [{"file_path":
-                                 #   "images/frame_00001.png", "transform_matrix": ...}], {train,val,test}_filenames
+                                 #   "images/frame_00001.png", "depth_file_path": "depths/frame_00001.png",
+                                 #   "transform_matrix": ...}], {train,val,test}_filenames
         images/frame_<n>.png     # RGBA, or RGB for an unbounded (opaque) scene
+        depths/frame_<n>.png     # uint16 z-depth in millimetres (nerfstudio's default depth unit), 0 = nothing
         scene.json
 """
 
@@ -36,12 +38,14 @@ from nerfstudio_mobile.common.cli import run_cli
 from nerfstudio_mobile.common.files import atomic_dir
 from nerfstudio_mobile.data.scenes.cameras import camera_poses, focal_length
 from nerfstudio_mobile.data.scenes.config import SPLITS, SceneConfig, SceneExistsError
-from nerfstudio_mobile.data.scenes.render import render_view
+from nerfstudio_mobile.data.scenes.render import render_depth, render_view
 
 CONSOLE = Console()
 
 SCENE_FORMAT_VERSION = 1
 """Bumped whenever the rendered content changes, so a stale scene on disk is never silently reused."""
+DEPTH_UNIT = 1e-3
+"""Metres per unit of a depth PNG: nerfstudio-data's default `depth_unit_scale_factor` (millimetres)."""
 
 
 def _scene_record(config: SceneConfig) -> dict[str, Any]:
@@ -61,6 +65,11 @@ def _image_paths(config: SceneConfig) -> dict[str, list[str]]:
     return {split: [f"images/frame_{next(number):05d}.png" for _ in range(sizes[split])] for split in SPLITS}
 
 
+def _depth_path(image_path: str) -> str:
+    """The depth map of a nerfstudio-format image, named as ns-process-data names RGB-D captures' depths."""
+    return image_path.replace("images/", "depths/", 1)
+
+
 def _metadata(config: SceneConfig, poses: dict[str, np.ndarray]) -> dict[str, Any]:
     """The scene's camera files by name, with the content the format's dataparser reads."""
     paths = _image_paths(config)
@@ -78,7 +87,7 @@ def _metadata(config: SceneConfig, poses: dict[str, np.ndarray]) -> dict[str, An
     f = focal_length(config.image_size, config.camera_angle_x)
     k1, k2, p1, p2 = (float(k) for k in config.distortion)
     frames = [
-        {"file_path": path, "transform_matrix": c2w.tolist()}
+        {"file_path": path, "depth_file_path": _depth_path(path), "transform_matrix": c2w.tolist()}
         for split in SPLITS
         for path, c2w in zip(paths[split], poses[split], strict=True)
     ]
@@ -118,8 +127,9 @@ def _existing_state(path: Path, config: SceneConfig) -> tuple[str, str]:
         except (OSError, ValueError):
             return "other", f"{name} is missing or unreadable"
     for image in itertools.chain.from_iterable(_image_paths(config).values()):
-        if not (path / image).is_file():
-            return "other", f"image {image} is missing"
+        for file in (image, _depth_path(image)) if config.format == "nerfstudio" else (image,):
+            if not (path / file).is_file():
+                return "other", f"{file} is missing"
     return "complete", ""
 
 
@@ -130,6 +140,17 @@ def _looks_like_dataset(path: Path) -> bool:
 
 def _to_png_bytes_array(image: Tensor) -> np.ndarray:
     return (image.clamp(0.0, 1.0) * 255.0 + 0.5).floor().to(torch.uint8).numpy()
+
+
+def _to_depth_png_array(depth: Tensor) -> np.ndarray:
+    return (depth / DEPTH_UNIT).round().clamp(0, np.iinfo(np.uint16).max).numpy().astype(np.uint16)
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(exist_ok=True)
+    # Our own file object: imageio's would raise a full disk's error again when it is garbage-collected
+    with path.open("wb") as file:
+        imageio.imwrite(file, array, format="png")
 
 
 def _write_scene(config: SceneConfig, root: Path) -> None:
@@ -155,10 +176,16 @@ def _write_scene(config: SceneConfig, root: Path) -> None:
                     distortion=config.distortion,
                     unbounded=config.unbounded,
                 )
-                (root / path).parent.mkdir(exist_ok=True)
-                # Our own file object: imageio's would raise a full disk's error again when it is garbage-collected
-                with (root / path).open("wb") as file:
-                    imageio.imwrite(file, _to_png_bytes_array(rgba[..., :channels]), format="png")
+                _write_png(root / path, _to_png_bytes_array(rgba[..., :channels]))
+                if config.format == "nerfstudio":
+                    depth = render_depth(
+                        torch.from_numpy(c2w),
+                        config.image_size,
+                        config.camera_angle_x,
+                        distortion=config.distortion,
+                        unbounded=config.unbounded,
+                    )
+                    _write_png(root / _depth_path(path), _to_depth_png_array(depth))
                 progress.advance(task)
     for name, meta in _metadata(config, poses).items():
         (root / name).write_text(json.dumps(meta, indent=2) + "\n")
@@ -212,7 +239,7 @@ def generate_scene(config: SceneConfig) -> Path:
 
 @dataclass
 class MakeScene(SceneConfig):
-    """Render a small synthetic scene fully offline: a Blender (NeRF-synthetic) scene, or a nerfstudio capture
+    """Render a small synthetic scene fully offline: a Blender (NeRF-synthetic) scene, or a nerfstudio RGB-D capture
     as ns-process-data writes it (optionally through a phone-like lens distortion)."""
 
     def __post_init__(self) -> None:
