@@ -38,10 +38,11 @@ from nerfstudio_mobile.common.intrinsics import Intrinsics
 from nerfstudio_mobile.common.timing import round_robin_seconds
 from nerfstudio_mobile.demo.run_estimate import looking_at_origin
 from nerfstudio_mobile.export.graphs import export_graph
-from nerfstudio_mobile.export.onnx import export_onnx, onnx, ort
+from nerfstudio_mobile.export.onnx import cpu_session, export_onnx, onnx, ort
 from nerfstudio_mobile.export.onnx_int8 import quantize_int8
 from nerfstudio_mobile.export.sidecar import ExportFrame
 from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig, encode_rays, pinhole_rays
+from nerfstudio_mobile.mobile_r2l.engines import EngineChoice, fastest_engine
 from nerfstudio_mobile.mobile_r2l.network import (
     LightFieldNetwork,
     LightFieldNetworkConfig,
@@ -86,6 +87,11 @@ def example_rays(grid: int, config: RayEncodingConfig, c2w: Tensor | None = None
     return encode_rays(origins, directions, 2.0, 6.0, config)
 
 
+def calibration_rays(grid: int, poses: int) -> list[Tensor]:
+    """The encoded rays of `poses` orbit poses, which calibrate int8 activations."""
+    return [example_rays(grid, RayEncodingConfig(), orbit_pose(2 * math.pi * i / poses)) for i in range(poses)]
+
+
 def synthetic_frame(output: Intrinsics, network: LightFieldNetworkConfig) -> ExportFrame:
     """An export frame for a benchmark network in a Blender-like world: near/far 2/6, identity dataparser."""
     return ExportFrame(
@@ -99,12 +105,6 @@ def synthetic_frame(output: Intrinsics, network: LightFieldNetworkConfig) -> Exp
     )
 
 
-def ort_session(path: Path, threads: int) -> "ort.InferenceSession":
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def ort_paths(
     net: LightFieldNetwork, args: Args, directory: Path
 ) -> dict[str, Callable[[], Callable[[Tensor], Tensor]]]:
@@ -115,7 +115,7 @@ def ort_paths(
     fp32, int8 = directory / "student.onnx", directory / "student-int8.onnx"
 
     def run(path: Path) -> Callable[[Tensor], Tensor]:
-        session = ort_session(path, threads)
+        session = cpu_session(path, threads)
         return lambda x: torch.from_numpy(session.run(None, {"rays": x.numpy()})[0])
 
     def build_fp32() -> Callable[[Tensor], Tensor]:
@@ -123,14 +123,13 @@ def ort_paths(
         return run(fp32)
 
     def build_int8() -> Callable[[Tensor], Tensor]:
-        poses = [orbit_pose(2 * math.pi * i / args.calibration_poses) for i in range(args.calibration_poses)]
-        quantize_int8(fp32, int8, "rays", [example_rays(grid, RayEncodingConfig(), pose) for pose in poses], {})
+        quantize_int8(fp32, int8, "rays", calibration_rays(grid, args.calibration_poses), {})
         return run(int8)
 
     return {"ONNX Runtime fp32": build_fp32, "ONNX Runtime int8 (QDQ S8S8)": build_int8}
 
 
-def student_rows(args: Args, directory: Path) -> list[dict]:
+def student_rows(args: Args, directory: Path) -> tuple[list[dict], EngineChoice]:
     x = example_rays(FRAME // args.network.upscale, RayEncodingConfig())
     net = LightFieldNetwork(args.network).eval()
 
@@ -155,17 +154,21 @@ def student_rows(args: Args, directory: Path) -> list[dict]:
 
     reference = eager(x)
     renders, rows = {}, []
+
+    def add_row(name: str, dtype: str, render: Callable[[Tensor], Tensor], out: Tensor, setup_s: float) -> None:
+        renders[name] = lambda: render(x)
+        error = (out - reference)[:, :3].abs().max().item()
+        rows.append(dict(path=name, dtype=dtype, setup_s=setup_s, max_abs_rgb_error=error))
+
     for name, build in paths.items():
         (render, out), setup_s = timed(lambda build=build: set_up(build))
-        renders[name] = lambda render=render: render(x)
-        rows.append(
-            dict(
-                path=name,
-                dtype=dtypes[name],
-                setup_s=setup_s,
-                max_abs_rgb_error=(out - reference)[:, :3].abs().max().item(),
-            )
-        )
+        add_row(name, dtypes[name], render, out, setup_s)
+    # What the viewer and the demo render with; its setup builds, checks and times every candidate engine.
+    calibration = calibration_rays(FRAME // args.network.upscale, args.calibration_poses)
+    choice, setup_s = timed(
+        lambda: fastest_engine(net, x, calibration=calibration, repeats=args.repeats, warmup=args.warmup)
+    )
+    add_row(f"fastest_engine's choice: {choice.name}", choice.engine.dtype, choice.render, choice.render(x), setup_s)
     times = round_robin_seconds(renders, args.repeats, warmup=args.warmup)
     macs = count_macs(args.network, FRAME // args.network.upscale, FRAME // args.network.upscale)
     for row in rows:
@@ -173,7 +176,7 @@ def student_rows(args: Args, directory: Path) -> list[dict]:
         row["min_ms"] = 1e3 * min(times[row["path"]])
         row["speedup_vs_eager_fp32"] = rows[0]["median_ms"] / row["median_ms"]
         row["gmac_per_s"] = macs / 1e9 / (row["median_ms"] / 1e3)
-    return rows
+    return rows, choice
 
 
 CEILING_DEPTH = 8
@@ -240,7 +243,7 @@ def conv_ceilings(width: int, grid: int, repeats: int, warmup: int, directory: P
     def ort_chain(int8: bool) -> Callable[[], object]:
         path = directory / f"conv-chain-{'int8' if int8 else 'fp32'}.onnx"
         onnx.save(onnx_conv_chain(x.numpy(), weights, int8), str(path))
-        session = ort_session(path, threads)
+        session = cpu_session(path, threads)
         scale = np.abs(x.numpy()).max() / 127
         data = np.clip(np.round(x.numpy() / scale), -127, 127).astype(np.int8) if int8 else x.numpy()
         return lambda: session.run(None, {"x": data})
@@ -289,7 +292,7 @@ def main(args: Args) -> None:
     load_before = os.getloadavg()
     grid = FRAME // args.network.upscale
     with tempfile.TemporaryDirectory() as directory:
-        students = student_rows(args, Path(directory))
+        students, choice = student_rows(args, Path(directory))
         ceilings = conv_ceilings(args.network.width, grid, args.repeats, args.warmup, Path(directory))
     for row in students:
         row["ceiling_fraction"] = row["gmac_per_s"] / ceilings[row["dtype"]]["gmac_per_s"]
@@ -320,6 +323,7 @@ def main(args: Args) -> None:
             **ceilings,
         ),
         student=students,
+        engine_choice=dict(chosen=choice.name, candidates=[asdict(timing) for timing in choice.table]),
         teachers=teachers,
     )
     write_results("render_latency", result, markdown(result), args.output_dir)
@@ -352,6 +356,12 @@ def markdown(result: dict) -> str:
             f"| {r['speedup_vs_eager_fp32']:.2f}× | {r['gmac_per_s']:.0f} | {r['ceiling_fraction']:.0%} "
             f"| {r['max_abs_rgb_error']:.1e} | {r['setup_s']:.1f} |"
         )
+    choice = result["engine_choice"]
+    timings = [
+        f"{c['name']} {c['median_ms']:.1f} ms" if c["rejected"] is None else f"{c['name']} rejected ({c['rejected']})"
+        for c in choice["candidates"]
+    ]
+    lines += ["", f"`fastest_engine` chose {choice['chosen']} from its own timings: {'; '.join(timings)}."]
     lines += [
         "",
         f"Teachers (64 + 128 samples per ray, bf16 fields; a {result['teacher_crop']}² patch scaled to the frame):",

@@ -6,6 +6,7 @@ The sidecar JSON is stored in the model's metadata_props under `SIDECAR_KEY` as 
 
 import json
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,8 @@ OPSET = 17
 """Opset 17 (ONNX 1.12, 2022): supported by onnxruntime, onnxruntime-mobile and the common converters."""
 
 
-def export_onnx(graph: nn.Module, frame: ExportFrame, mode: InputMode, path: Path, sidecar: dict[str, Any]) -> None:
-    """Trace `graph` to `path` with named inputs and outputs and static shapes, the sidecar in its metadata."""
-    example = torch.zeros(frame.input_shape(mode))
+def trace_onnx(graph: nn.Module, example: Tensor, path: Path, input_name: str, output_names: Sequence[str]) -> None:
+    """Trace `graph` on `example` to `path`: named input and outputs, static shapes (those of `example`)."""
     with torch.no_grad(), warnings.catch_warnings():
         # The TorchScript exporter: the torch.export-based default needs onnxscript, which the extra lacks.
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -34,12 +34,25 @@ def export_onnx(graph: nn.Module, frame: ExportFrame, mode: InputMode, path: Pat
             graph,
             (example,),
             str(path),
-            input_names=[mode],
-            output_names=list(frame.output_names),
+            input_names=[input_name],
+            output_names=list(output_names),
             opset_version=OPSET,
             dynamo=False,
         )
+
+
+def export_onnx(graph: nn.Module, frame: ExportFrame, mode: InputMode, path: Path, sidecar: dict[str, Any]) -> None:
+    """Trace `graph` to `path` with named inputs and outputs and static shapes, the sidecar in its metadata."""
+    trace_onnx(graph, torch.zeros(frame.input_shape(mode)), path, mode, frame.output_names)
     set_sidecar(path, sidecar)
+
+
+def cpu_session(path: Path, threads: int | None = None) -> "ort.InferenceSession":
+    """An onnxruntime session on the CPU; `threads` intra-op threads (None: onnxruntime's choice)."""
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def set_sidecar(path: Path, sidecar: dict[str, Any]) -> None:
@@ -116,7 +129,7 @@ def verify_onnx(
 ) -> Verification:
     """Check names, shapes and metadata of the file at `path` (and the int8 layout of a `w8a8` one), then run it
     with onnxruntime on every case."""
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = cpu_session(path)
     problems = []
     found = {
         "inputs": {arg.name: tuple(arg.shape) for arg in session.get_inputs()},

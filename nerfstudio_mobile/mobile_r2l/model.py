@@ -3,6 +3,9 @@
 camera (H×W, fx, fy, cx, cy, pose) ─► ray grid at H/s × W/s (focal / s, rays through block centres)
     ─► K points between near and far, positional encoding (fp32) ─► [B, 312, h, w]
     ─► LightFieldNetwork (bf16 on CPUs with AMX) ─► [B, 3 + 1, h·s, w·s] ─► crop to H×W ─► rgb, depth
+
+Evaluation and viewer renders on a CPU run the network through the engine measured fastest on this machine
+(`engine_cache`: once the weights stop changing; the training network while they change).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch.nn import Parameter
 from nerfstudio_mobile.common.compat import optional_lpips
 from nerfstudio_mobile.common.metrics import image_metrics, psnr
 from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig, encode_rays, pinhole_rays
+from nerfstudio_mobile.mobile_r2l.engine_cache import EngineCache
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, LightFieldNetworkConfig
 
 
@@ -38,6 +42,9 @@ class MobileR2LModelConfig(ModelConfig):
     """Training draws each ray's K depths at random inside their bins (R2L's perturb); evaluation uses bin edges."""
     cpu_bf16: bool = True
     """On CPUs, run the network in bfloat16 (the ray encoding always stays fp32)."""
+    fastest_cpu_engine: bool = True
+    """On CPUs, evaluation and viewer renders go through the engine measured fastest on this machine (compiled bf16,
+    ONNX Runtime, ...; `engines.py`), chosen once the weights stop changing; off: the training network."""
     enable_collider: bool = False
     collider_params: dict[str, float] | None = None
     loss_coefficients: dict[str, float] = field(default_factory=lambda: {"rgb_loss": 1.0, "depth_loss": 1.0})
@@ -59,6 +66,7 @@ class MobileR2LModel(Model):
         near, far = scene.get("near_far") or (0.0, 1.0)  # without a teacher (eval), the checkpoint restores them
         self.register_buffer("near_far", torch.tensor([near, far], dtype=torch.float32))
         self.lpips = optional_lpips()
+        self.engine_cache = EngineCache()
 
     @property
     def upscale(self) -> int:
@@ -79,12 +87,24 @@ class MobileR2LModel(Model):
         near, far = self.near_far.tolist()
         return encode_rays(origins, directions, near, far, self.encoding_config, jitter=jitter), (height, width)
 
+    def run_network(self, encoded: Tensor) -> Tensor:
+        """The training network on encoded rays (bf16 autocast on CPUs unless `cpu_bf16` is off)."""
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.cpu_bf16 and self.device.type == "cpu"):
+            return self.network(encoded)
+
+    def uses_engine(self) -> bool:
+        """Renders that need no gradient, in eval mode on a CPU, may go through the fastest engine."""
+        cpu_eval = not self.training and self.device.type == "cpu"
+        return self.config.fastest_cpu_engine and cpu_eval and not torch.is_grad_enabled()
+
     def get_outputs(self, cameras: Cameras) -> dict[str, Tensor]:  # type: ignore[override]
         """[B] cameras -> rgb [B, H, W, 3], depth [B, H, W, 1]. A grid that overshoots H×W is cropped: the
         block of low-res pixel (i, j) covers the same pixels as in the requested camera."""
         encoded, (height, width) = self.encode(cameras, jitter=self.training and self.config.jitter)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.cpu_bf16 and self.device.type == "cpu"):
-            out = self.network(encoded)
+        if self.uses_engine():
+            out = self.engine_cache.render(self.network, encoded, self.run_network)
+        else:
+            out = self.run_network(encoded)
         out = out.float()[:, :, :height, :width].permute(0, 2, 3, 1)
         outputs = {"rgb": out[..., :3]}
         if self.network_config.predict_depth:

@@ -154,7 +154,7 @@ def fold_batchnorm(net: LightFieldNetwork) -> LightFieldNetwork:
     return folded
 
 
-def _bf16_is_fast(device: torch.device) -> bool:
+def bf16_is_fast(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     # oneDNN has native bf16 kernels only with AVX512-BF16 or AMX; elsewhere bf16 is emulated and slow.
@@ -178,9 +178,11 @@ def prepare_for_inference(
     model = fold_batchnorm(net)
     device = next(model.parameters()).device
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    dtype = torch.bfloat16 if (_bf16_is_fast(device) if bf16 is None else bf16) else torch.float32
+    dtype = torch.bfloat16 if (bf16_is_fast(device) if bf16 is None else bf16) else torch.float32
     model = model.to(dtype=dtype, memory_format=memory_format)
-    forward = torch.compile(model) if compile else model
+    # Render engines are built per ray-grid shape: keep each compile static (dynamo would otherwise compile the
+    # next shape seen by this code for symbolic sizes).
+    forward = torch.compile(model, dynamic=False) if compile else model
 
     @torch.inference_mode()
     def render(x: Tensor) -> Tensor:
