@@ -5,7 +5,8 @@ scene), then students that each differ from the demo's recipe in one knob; test-
 
 A viewer asks a student for frames larger than those it learnt from (finer ray spacing), where the super-resolution
 stages can show a checkerboard: each student is also compared with the teacher on a few test poses rendered at 1×, 2×
-and 4× the training resolution, and the centre of one pose at 4× is saved as a picture, teacher | student.
+and 4× the training resolution, natively and upsampled from the trained spacing (the model's default), and the centre
+of one pose at 4× is saved as a picture, teacher | native | upsampled.
 
 Writes benchmarks/results/distill_ablation.{json,md} and distill_ablation_4x/<variant>.png. Run it alone: the minutes
 are only comparable within one run on an otherwise idle machine.
@@ -152,18 +153,27 @@ def viewer_frames(teacher: Pipeline, poses: int) -> list[ViewerFrame]:
     return frames
 
 
-def compare_with_teacher(student: Pipeline, frames: list[ViewerFrame], picture: Path) -> dict[str, float]:
-    """Mean PSNR of the student against the teacher at each zoom ({"1": dB, ...}); the centre (half of each side) of
-    the first pose at the largest zoom written to `picture` as teacher | student (the whole frame would add megabytes
-    of pictures to the repository at each run of the ablation)."""
-    with torch.no_grad():
-        renders = [student.model.get_outputs_for_camera(frame.camera)["rgb"].cpu().clamp(0, 1) for frame in frames]
-    psnrs = [(frame.zoom, float(psnr(frame.teacher_rgb, rgb))) for frame, rgb in zip(frames, renders, strict=True)]
-    scores = {str(zoom): float(np.mean([value for z, value in psnrs if z == zoom])) for zoom in VIEWER_ZOOMS}
+def compare_with_teacher(student: Pipeline, frames: list[ViewerFrame], picture: Path) -> dict[str, dict[str, float]]:
+    """Mean PSNR of the student against the teacher at each zoom, rendered natively (rays as fine as the frame asks
+    for) and as the model renders now (frames finer than training upsampled from the trained spacing):
+    {"native": {"1": dB, ...}, "upsampled": {...}}. The centre (half of each side) of the first pose at the largest
+    zoom is written to `picture` as teacher | native | upsampled (the whole frame would add megabytes of pictures to
+    the repository at each run of the ablation)."""
+    model = student.model
+    renders: dict[str, list[Tensor]] = {}
+    for policy, upsample in (("native", False), ("upsampled", True)):
+        model.config.upsample_finer_frames = upsample
+        with torch.no_grad():
+            renders[policy] = [model.get_outputs_for_camera(f.camera)["rgb"].cpu().clamp(0, 1) for f in frames]
+    scores: dict[str, dict[str, float]] = {}
+    for policy, images in renders.items():
+        values = [(f.zoom, float(psnr(f.teacher_rgb, rgb))) for f, rgb in zip(frames, images, strict=True)]
+        scores[policy] = {str(zoom): float(np.mean([v for z, v in values if z == zoom])) for zoom in VIEWER_ZOOMS}
     largest = next(i for i, frame in enumerate(frames) if frame.zoom == max(VIEWER_ZOOMS))
-    height, width = renders[largest].shape[:2]
+    height, width = frames[largest].teacher_rgb.shape[:2]
     centre = (slice(height // 4, height - height // 4), slice(width // 4, width - width // 4))
-    side_by_side = torch.cat([frames[largest].teacher_rgb[centre], renders[largest][centre]], dim=1)
+    panels = [frames[largest].teacher_rgb, renders["native"][largest], renders["upsampled"][largest]]
+    side_by_side = torch.cat([panel[centre] for panel in panels], dim=1)
     make_dirs(picture.parent)
     with atomic_path(picture) as temp:
         Image.fromarray((side_by_side.numpy() * 255).round().astype(np.uint8)).save(temp, format="PNG")
@@ -200,19 +210,24 @@ def markdown(result: dict[str, Any]) -> str:
         f"vs teacher at 1× / 2× / 4×: the student's PSNR against the teacher on {result['viewer_poses']} test poses "
         "rendered at 1×, 2× and 4× the training resolution, as a viewer asks for larger frames (finer rays than any "
         "the student learnt from, where its super-resolution can show a checkerboard); the centre of the first pose at "
-        f"4×, teacher | student, is in {PICTURES.name}/<variant>.png.",
+        f"4×, teacher | student native | student upsampled, is in {PICTURES.name}/<variant>.png. Native: the student "
+        "renders the rays the frame asks for; upsampled (the model's default now, `upsample_finer_frames`): a frame "
+        "finer than training renders at the trained spacing and is upsampled (bicubic).",
         "",
-        "| variant | change | student PSNR (dB) | gap to teacher | vs base | SSIM | vs teacher at 1× / 2× / 4× (dB) "
-        "| train min | params |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| variant | change | student PSNR (dB) | gap to teacher | vs base | SSIM | vs teacher at 1× / 2× / 4×, "
+        "native (dB) | upsampled (dB) | train min | params |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["variants"]:
         base = rows.get("demo-now" if list(VARIANTS).index(row["name"]) > NOW else "demo-0.2", row)
-        viewer = " / ".join(f"{row['vs_teacher_psnr'][str(zoom)]:.2f}" for zoom in VIEWER_ZOOMS)
+        native, upsampled = (
+            " / ".join(f"{row['vs_teacher_psnr'][policy][str(zoom)]:.2f}" for zoom in VIEWER_ZOOMS)
+            for policy in ("native", "upsampled")
+        )
         lines.append(
             f"| {row['name']} | {row['change']} | {row['psnr']:.2f} | {row['psnr'] - teacher['psnr']:+.2f} | "
-            f"{row['psnr'] - base['psnr']:+.2f} | {row['ssim']:.3f} | {viewer} | {row['minutes']:.1f} | "
-            f"{row['params']:,} |"
+            f"{row['psnr'] - base['psnr']:+.2f} | {row['ssim']:.3f} | {native} | {upsampled} | "
+            f"{row['minutes']:.1f} | {row['params']:,} |"
         )
     return "\n".join(lines) + "\n"
 

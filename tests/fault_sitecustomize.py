@@ -1,5 +1,6 @@
 """Test-only fault injection: tests/support.py copies this file as sitecustomize.py into a folder on a child's
-PYTHONPATH, so Python's site imports it before the command starts. Not a test module, and no product code knows it.
+PYTHONPATH, so Python's site imports it before the command starts (or runs it, in a child of the fork server that
+support.start_forked starts, before the command). Not a test module, and no product code knows it.
 
 NSM_KILL_AT="<point>:<name>" SIGKILLs the process at the first file operation on a name that contains <name>:
     replace:<name>        just before os.replace / os.rename / os.link puts a file there (the temporary file is
@@ -91,5 +92,7 @@ if NAME:
         setattr(os, function, renaming(getattr(os, function)))
     for method in ("write_bytes", "write_text"):
         setattr(pathlib.Path, method, writing(getattr(pathlib.Path, method)))
-if RECORD:
+if RECORD and DATAMANAGER in sys.modules:  # run in a process that imported it already (tests/support.py forks one)
+    record_batches(sys.modules[DATAMANAGER])
+elif RECORD:
     sys.meta_path.insert(0, RecordDatamanager())

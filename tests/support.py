@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import contextlib
 import io
+import multiprocessing
 import os
+import resource
+import runpy
 import signal
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -183,6 +187,99 @@ def console_script(name: str) -> Callable[[], object]:
     return script.load()
 
 
+# The commands whose killed or disk-full runs start forked from a server that imported them once (`start_forked`).
+FORKED_COMMANDS = ("ns-train", "ns-mobile-pseudo-views", "ns-export-mobile", "ns-nas-search", "ns-make-scene",
+                   "ns-mobile-demo")  # fmt: skip
+FORK_PRELOAD = (
+    *(script.module for name in FORKED_COMMANDS for script in entry_points(group="console_scripts", name=name)),
+    "nerfstudio_mobile.export.onnx",  # imported by `ns-export-mobile onnx` when it runs
+)
+
+
+def forked_console_script(
+    argv: list[str], cwd: str, env: dict[str, str], output: str, file_size_limit: int | None
+) -> None:
+    """In a child of the fork server: the console script argv[0] as its own process would run it, started with
+    `env` added to its environment, in `cwd`, printing to the named pipe `output`: the fault injector (a
+    sitecustomize.py on PYTHONPATH in `env`) run as site runs it, warnings off as PYTHONWARNINGS=ignore has them,
+    files above `file_size_limit` bytes failing with EFBIG as on a full disk, then the entry point; its return value
+    is the exit status (multiprocessing ends the child as the interpreter would: SystemExit's code, or a traceback and
+    1)."""
+    descriptor = os.open(output, os.O_WRONLY)
+    os.dup2(descriptor, 1)
+    os.dup2(descriptor, 2)
+    os.environ.update(env)
+    warnings.simplefilter("ignore")
+    os.chdir(cwd)
+    sys.argv = argv
+    if file_size_limit is not None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, as a full disk gives, rather than a kill
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
+    for folder in env.get("PYTHONPATH", "").split(os.pathsep):
+        if folder and (Path(folder) / "sitecustomize.py").is_file():
+            runpy.run_path(str(Path(folder) / "sitecustomize.py"), run_name="sitecustomize")
+    sys.exit(console_script(argv[0])())
+
+
+def start_forked(
+    argv: list[str], cwd: Path, env: Mapping[str, str], output: Path, file_size_limit: int | None = None
+) -> multiprocessing.Process:
+    """Start the console script argv[0] (one of FORKED_COMMANDS) as a child of a fork server that imported the
+    commands once (`FORK_PRELOAD`, in a fresh interpreter that ran nothing else) instead of a new interpreter that
+    imports them again: seconds of CPU each. For runs that are killed or refused: a kill lands at the same file
+    operation, a full disk fails the same write. Runs that must finish start as real processes (`run_ns`), as a
+    user starts them again after a crash."""
+    assert Path(argv[0]).name in FORKED_COMMANDS, argv[0]
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(FORK_PRELOAD))
+    process = context.Process(
+        target=forked_console_script, args=(argv, str(cwd), dict(env), str(output), file_size_limit)
+    )
+    process.start()
+    return process
+
+
+def run_forked(
+    argv: list[str],
+    cwd: Path,
+    env: Mapping[str, str] | None = None,
+    until: Callable[[], object] | None = None,
+    timeout: float = 600,
+    file_size_limit: int | None = None,
+) -> tuple[int, str]:
+    """Exit status (-9 when SIGKILLed) and output of the console script argv[0] started forked (`start_forked`); it
+    is SIGKILLed as soon as `until()` holds (polled every 20 ms), or at `timeout` (an assertion fails then)."""
+    with tempfile.TemporaryDirectory() as folder:
+        # A named pipe, drained here: a file would count against the child's file size limit.
+        output = Path(folder) / "output"
+        os.mkfifo(output)
+        reader = os.open(output, os.O_RDWR | os.O_NONBLOCK)  # read-write: the child's open never waits for us
+        chunks: list[bytes] = []
+
+        def drain() -> None:
+            with contextlib.suppress(BlockingIOError):
+                while chunk := os.read(reader, 1 << 16):
+                    chunks.append(chunk)
+
+        process = start_forked(argv, cwd, env or {}, output, file_size_limit)
+        deadline = time.monotonic() + timeout
+        while process.is_alive():
+            if (until is not None and until()) or time.monotonic() > deadline:
+                process.kill()
+                process.join()
+            drain()
+            time.sleep(0.02)
+        process.join()
+        drain()
+        os.close(reader)
+        code = process.exitcode
+        process.close()
+        printed = b"".join(chunks).decode(errors="replace")
+    assert time.monotonic() <= deadline, f"{argv[0]} was neither killed nor done in {timeout} s:\n" + printed[-3000:]
+    assert code is not None
+    return code, printed
+
+
 def run_until_killed(
     args: list[str],
     cwd: Path,
@@ -190,23 +287,10 @@ def run_until_killed(
     until: Callable[[], object] | None = None,
     timeout: float = 600,
 ) -> str:
-    """Run a command that must die of SIGKILL: by its own hand (NSM_KILL_AT in `extra_env`), or by ours as soon as
-    `until()` holds (polled every 20 ms). Returns what it printed."""
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", **extra_env}
-    with tempfile.TemporaryFile("w+") as output:
-        process = subprocess.Popen(args, cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while process.poll() is None:
-            if (until is not None and until()) or time.monotonic() > deadline:
-                process.send_signal(signal.SIGKILL)
-                process.wait()
-            time.sleep(0.02)
-        output.seek(0)
-        printed = output.read()
-    assert time.monotonic() <= deadline, f"{args[0]} was neither killed nor done in {timeout} s:\n" + printed[-3000:]
-    assert process.returncode == -signal.SIGKILL, (
-        f"{args[0]} was to be killed, exit code {process.returncode}:\n" + printed[-3000:]
-    )
+    """Run a command that must die of SIGKILL, started forked (`run_forked`): by its own hand (NSM_KILL_AT in
+    `extra_env`), or by ours as soon as `until()` holds. Returns what it printed."""
+    code, printed = run_forked(args, cwd, extra_env, until, timeout)
+    assert code == -signal.SIGKILL, f"{args[0]} was to be killed, exit code {code}:\n" + printed[-3000:]
     return printed
 
 

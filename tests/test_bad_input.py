@@ -4,17 +4,17 @@ that can't be made and a full disk. Each runs the real console script in its own
 status 2 and one line that says what to do, leaving nothing half-written that a later run would trust; a corrupt
 pseudo view is the one fault that is repaired instead (exit 0).
 
-A few cases run as a user runs them, the console script in its own process: every full disk (a file size limit on
-the test process would limit pytest too) and one more case of each command without one. The others call the same
+Each command has a case in a process of its own. A full disk needs one (a file size limit on the test process would
+limit pytest too): a child of the tests' fork server, which imported the commands once. The cases marked `process`
+start the console script as a user starts it, for the commands no other test starts so (the others' real start-up
+is tested where they run to the end: conftest's ns-train, test_faults, test_demo). Every other case calls the same
 console script's entry point (looked up as the script looks it up) in the test process, with its arguments and
-folder: a process of their own would only add seconds of imports each."""
+folder: a process of its own would only add seconds of imports each."""
 
 from __future__ import annotations
 
 import random
-import resource
 import shutil
-import signal
 import subprocess
 import sys
 from collections.abc import Callable
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from support import console_script, entrypoint_in_process, ns_command
+from support import console_script, entrypoint_in_process, ns_command, run_forked
 
 BROKEN_JSON = '{"frames": ['
 BROKEN_YAML = "pipeline: [1\n"
@@ -98,7 +98,8 @@ class BadInput:
     left: tuple[str, ...] = ()
     """Globs that must match something afterwards."""
     process: bool = False
-    """Run in a process of its own, as a user runs it (always so with `file_size_limit`); else in the test process."""
+    """Run the console script in a new process, as a user runs it; else in the test process (a forked child of the
+    fork server with `file_size_limit`)."""
 
     @property
     def own_process(self) -> bool:
@@ -124,7 +125,7 @@ def case(name: str, *argv: str, **fields: object) -> object:
 CASES = [
     # ns-make-scene
     case("make-scene-odd-size", "ns-make-scene", "--output-dir", "scene", "--image-size", "7", says="image_size",
-         left_out=("scene",)),
+         left_out=("scene",), process=True),
     case("make-scene-output-under-a-file", "ns-make-scene", "--output-dir", "blocker/scene", *TINY_SCENE,
          files={"blocker": ""}, says="Pass a folder you can write to"),
     case("make-scene-disk-full", "ns-make-scene", "--output-dir", "scene", *TINY_SCENE, file_size_limit=256,
@@ -206,20 +207,22 @@ CASES = [
     case("train-nas-nerf-disk-full", "ns-train", "nas-nerf", "--data", "{scene}", *TINY_NAS_NERF,
          file_size_limit=100_000, says="Free some space"),
     # ns-train mobile-r2l
-    case("train-mobile-r2l-no-teacher", "ns-train", "mobile-r2l", *TINY_STUDENT, says="teacher-config"),
+    case("train-mobile-r2l-no-teacher", "ns-train", "mobile-r2l", *TINY_STUDENT,
+         says="pass --pipeline.datamanager.teacher-config", left_out=("outputs",)),
     case("train-mobile-r2l-missing-teacher", "ns-train", "mobile-r2l", *TINY_STUDENT,
-         "--pipeline.datamanager.teacher-config", "nowhere/config.yml", says="pass the config.yml that ns-train"),
+         "--pipeline.datamanager.teacher-config", "nowhere/config.yml", says="pass the config.yml that ns-train",
+         left_out=("outputs",)),
     case("train-mobile-r2l-malformed-teacher-config", "ns-train", "mobile-r2l", *TINY_STUDENT,
          "--pipeline.datamanager.teacher-config", "config.yml", files={"config.yml": BROKEN_YAML},
-         says="is not valid YAML"),
+         says="is not valid YAML", left_out=("outputs",)),
     case("train-mobile-r2l-zoom-below-1", "ns-train", "mobile-r2l", *TINY_STUDENT, "--pipeline.datamanager.zoom-levels",
          "1", "0.5", "--pipeline.datamanager.teacher-config", "nowhere/config.yml",
-         says="--pipeline.datamanager.zoom-levels of 1 or more", left_out=("cache",)),
+         says="--pipeline.datamanager.zoom-levels of 1 or more", left_out=("cache", "outputs")),
     case("train-mobile-r2l-near-without-far", "ns-train", "mobile-r2l", *TINY_STUDENT,
          "--pipeline.datamanager.teacher-config", "{teacher}", "--pipeline.datamanager.near", "1",
-         says="pass both --pipeline.datamanager.near and --pipeline.datamanager.far"),
+         says="pass both --pipeline.datamanager.near and --pipeline.datamanager.far", left_out=("outputs",)),
     case("train-mobile-r2l-student-as-teacher", "ns-train", "mobile-r2l", *TINY_STUDENT,
-         "--pipeline.datamanager.teacher-config", "{student}", says="teacher", left_out=("cache",)),
+         "--pipeline.datamanager.teacher-config", "{student}", says="teacher", left_out=("cache", "outputs")),
     case("train-mobile-r2l-truncated-teacher-checkpoint", "ns-train", "mobile-r2l", *TINY_STUDENT,
          "--pipeline.datamanager.teacher-config", "copies/scene/nas-nerf/run/config.yml",
          prepare=truncated_teacher, uses=("teacher",), says="delete it to resume from an earlier one",
@@ -233,20 +236,9 @@ CASES = [
          left_out=("cache/views/*.npz",)),
 ]  # fmt: skip
 BAD_INPUTS: list[BadInput] = [param.values[0] for param in CASES]  # type: ignore[attr-defined]
-# The console scripts' wiring (pyproject's [project.scripts], nerfstudio's ns-train with our methods) stays tested as
-# a user starts it: each of the 8 commands has a case in a process of its own.
+# Each of the 8 commands is refused at least once outside the test process (a real start-up, or a forked one).
 assert {bad.prefix for bad in BAD_INPUTS if bad.own_process} == {bad.prefix for bad in BAD_INPUTS}
 assert len({bad.prefix for bad in BAD_INPUTS}) == 8
-
-
-def limit_file_size(limit: int) -> Callable[[], None]:
-    """A preexec_fn: files larger than `limit` fail with EFBIG, as on a full disk (SIGXFSZ would kill instead)."""
-
-    def apply() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return apply
 
 
 def run_in_process(argv: list[str], cwd: Path, capfd: pytest.CaptureFixture[str]) -> tuple[int, str]:
@@ -278,9 +270,12 @@ def run_in_process(argv: list[str], cwd: Path, capfd: pytest.CaptureFixture[str]
 
 
 def run_in_own_process(argv: list[str], cwd: Path, file_size_limit: int | None) -> tuple[int, str]:
-    """Exit status and output (stdout, then stderr) of the console script argv[0] run as its own process."""
-    limit = limit_file_size(file_size_limit) if file_size_limit else None
-    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=900, preexec_fn=limit)
+    """Exit status and output (stdout, then stderr) of the console script argv[0] run as its own process; with a
+    file size limit, a child of the tests' fork server (`support.run_forked`: the same process limits, without a
+    second start-up's imports)."""
+    if file_size_limit is not None:
+        return run_forked(argv, cwd, {"PYTHONWARNINGS": "ignore"}, file_size_limit=file_size_limit)
+    result = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=900)
     return result.returncode, result.stdout + result.stderr
 
 

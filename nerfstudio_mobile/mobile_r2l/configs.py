@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from nerfstudio.configs.base_config import MachineConfig, ViewerConfig
 from nerfstudio.pipelines.base_pipeline import VanillaPipelineConfig
 from nerfstudio.plugins.types import MethodSpecification
@@ -15,9 +17,20 @@ from nerfstudio_mobile.mobile_r2l.optimization import AdamWOptimizerConfig, Warm
 PAPER_STEPS = 600_000
 
 
-def mobile_r2l_trainer(max_steps: int = PAPER_STEPS) -> MethodTrainerConfig:
+@dataclass
+class MobileR2LTrainerConfig(MethodTrainerConfig):
+    """A mobile-r2l run: its teacher and distillation settings are checked when ns-train prints or saves the config,
+    so a run that cannot be distilled leaves no run folder behind."""
+
+    def resolve(self) -> None:
+        datamanager = self.pipeline.datamanager
+        assert isinstance(datamanager, PseudoViewDataManagerConfig), f"mobile-r2l distils, not {datamanager}"
+        datamanager.check()
+
+
+def mobile_r2l_trainer(max_steps: int = PAPER_STEPS) -> MobileR2LTrainerConfig:
     """The paper's recipe: AdamW 5e-4 with warm-up and step decay, MSE on whole images, mixed precision."""
-    return MethodTrainerConfig(
+    return MobileR2LTrainerConfig(
         method_name="mobile-r2l",
         steps_per_eval_batch=0,
         steps_per_eval_image=5000,

@@ -91,9 +91,22 @@ class PseudoViewDataManagerConfig(FullImageDatamanagerConfig):
     ram_budget_gb: float = 8.0
     """Decoded pseudo views kept in RAM; beyond it they are decoded from disk on access."""
 
+    def check(self) -> TrainerConfig:
+        """Refuse settings that cannot be distilled (a UsageError that says what to do); the teacher's config."""
+        try:
+            check_crops(self.crop_fraction, self.zoom_levels)
+        except ValueError as error:
+            raise UsageError(
+                f"{error}: pass --pipeline.datamanager.crop-fraction in (0, 1] and --pipeline.datamanager.zoom-levels "
+                "of 1 or more."
+            ) from error
+        if (self.near is None) != (self.far is None):
+            raise TeacherError("pass both --pipeline.datamanager.near and --pipeline.datamanager.far, or neither.")
+        return read_teacher_config(self.teacher_config)
+
     def adopt_teacher(self) -> TrainerConfig:
         """The student lives in the teacher's world: same dataparser, same data, same normalisation."""
-        teacher = read_teacher_config(self.teacher_config)
+        teacher = self.check()
         self.teacher_config = Path(self.teacher_config).resolve()  # type: ignore[arg-type]
         self.dataparser = teacher.pipeline.datamanager.dataparser
         self.data = run_data(teacher)
@@ -102,8 +115,6 @@ class PseudoViewDataManagerConfig(FullImageDatamanagerConfig):
                 f"The teacher's data ({self.data}) no longer exists: put the scene back there or edit "
                 f"pipeline.datamanager.data (or its dataparser's data) in {self.teacher_config}."
             )
-        if (self.near is None) != (self.far is None):
-            raise TeacherError("pass both --pipeline.datamanager.near and --pipeline.datamanager.far, or neither.")
         return teacher
 
 
@@ -119,13 +130,6 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
         local_rank: int = 0,
         **kwargs,
     ) -> None:
-        try:
-            check_crops(config.crop_fraction, config.zoom_levels)
-        except ValueError as error:
-            raise UsageError(
-                f"{error}: pass --pipeline.datamanager.crop-fraction in (0, 1] and --pipeline.datamanager.zoom-levels "
-                "of 1 or more."
-            ) from error
         teacher_config = config.adopt_teacher()
         super().__init__(config, device, test_mode, world_size, local_rank, **kwargs)
         self.pinhole = pinhole_intrinsics(self.train_dataparser_outputs.cameras)
@@ -157,6 +161,8 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
             "near_far": self.near_far,
             "ray_space": self.ray_space,
             "pinhole": asdict(self.pinhole),
+            # the finest rays it trains on: zoomed pseudo views', or the real images' in fine-tuning
+            "finest_focal": max(self.frame.fx * max(config.zoom_levels), self.pinhole.fx),
         }
 
     def get_training_callbacks(self, attributes: TrainingCallbackAttributes) -> list[TrainingCallback]:

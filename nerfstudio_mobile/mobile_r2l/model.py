@@ -4,8 +4,10 @@ camera (H×W, fx, fy, cx, cy, pose) ─► ray grid at H/s × W/s (focal / s, ra
     ─► K points between near and far, positional encoding (fp32) ─► [B, 312, h, w]
     ─► LightFieldNetwork (bf16 on CPUs with AMX) ─► [B, 3 + 1, h·s, w·s] ─► crop to H×W ─► rgb, depth
 
-Evaluation and viewer renders on a CPU run the network through the engine measured fastest on this machine
-(`engine_cache`: once the weights stop changing; the training network while they change).
+A frame asking for finer rays than any the student trained on (a viewer's larger frame) renders at the finest
+trained spacing and is upsampled (bicubic) to its size. Evaluation and viewer renders on a CPU run the network
+through the engine measured fastest on this machine (`engine_cache`: once the weights stop changing; the training
+network while they change).
 """
 
 from __future__ import annotations
@@ -45,6 +47,11 @@ class MobileR2LModelConfig(ModelConfig):
     fastest_cpu_engine: bool = True
     """On CPUs, evaluation and viewer renders go through the engine measured fastest on this machine (compiled bf16,
     ONNX Runtime, ...; `engines.py`), chosen once the weights stop changing; off: the training network."""
+    upsample_finer_frames: bool = True
+    """Outside training, a frame asking for finer rays than the finest the student trained on (a viewer's frame
+    larger than the training images) is rendered at that ray spacing and upsampled (bicubic): on finer rays the
+    super-resolution shows a checkerboard (benchmarks/results/distill_ablation.md). Off: every frame renders
+    natively."""
     enable_collider: bool = False
     collider_params: dict[str, float] | None = None
     loss_coefficients: dict[str, float] = field(default_factory=lambda: {"rgb_loss": 1.0, "depth_loss": 1.0})
@@ -65,6 +72,8 @@ class MobileR2LModel(Model):
         self.encoding_config = replace(self.config.encoding, space=scene.get("ray_space", self.config.encoding.space))
         near, far = scene.get("near_far") or (0.0, 1.0)  # without a teacher (eval), the checkpoint restores them
         self.register_buffer("near_far", torch.tensor([near, far], dtype=torch.float32))
+        # Focal length (pixels) of the finest rays it trains on; 0: unknown (no upsampling)
+        self.register_buffer("finest_focal", torch.tensor(float(scene.get("finest_focal", 0.0))))
         self.lpips = optional_lpips()
         self.engine_cache = EngineCache()
 
@@ -97,9 +106,20 @@ class MobileR2LModel(Model):
         cpu_eval = not self.training and self.device.type == "cpu"
         return self.config.fastest_cpu_engine and cpu_eval and not torch.is_grad_enabled()
 
+    def zoom_beyond_training(self, cameras: Cameras) -> float:
+        """How many times finer than the finest trained rays `cameras` ask for (1: not finer, or not upsampled)."""
+        finest = float(self.finest_focal)
+        if self.training or not self.config.upsample_finer_frames or finest <= 0:
+            return 1.0
+        zoom = max(1.0, float(cameras.fx.max()) / finest)
+        return float(round(zoom)) if abs(zoom - round(zoom)) < 1e-4 else zoom  # 3× the size is 3, not 3.0000001
+
     def get_outputs(self, cameras: Cameras) -> dict[str, Tensor]:  # type: ignore[override]
         """[B] cameras -> rgb [B, H, W, 3], depth [B, H, W, 1]. A grid that overshoots H×W is cropped: the
         block of low-res pixel (i, j) covers the same pixels as in the requested camera."""
+        zoom = self.zoom_beyond_training(cameras)
+        if zoom > 1 + 1e-6:
+            return upsampled(self.get_outputs(coarser(cameras, zoom)), zoom, cameras)
         encoded, (height, width) = self.encode(cameras, jitter=self.training and self.config.jitter)
         if self.uses_engine():
             out = self.engine_cache.render(self.network, encoded, self.run_network)
@@ -113,8 +133,14 @@ class MobileR2LModel(Model):
 
     @torch.no_grad()
     def get_outputs_for_camera(self, camera: Cameras, obb_box: object = None) -> dict[str, Tensor]:
-        """One camera at any resolution in one forward pass (the viewer asks for many sizes)."""
-        outputs = {name: value[0] for name, value in self.get_outputs(camera[0:1]).items()}
+        """One camera at any resolution in one forward pass (the viewer asks for many sizes). Always an inference
+        render: nerfstudio leaves the model in training mode after its eval loops, where rays would be jittered."""
+        was_training = self.training
+        self.eval()
+        try:
+            outputs = {name: value[0] for name, value in self.get_outputs(camera[0:1]).items()}
+        finally:
+            self.train(was_training)
         outputs.setdefault("depth", torch.zeros_like(outputs["rgb"][..., :1]))
         return outputs
 
@@ -144,3 +170,33 @@ class MobileR2LModel(Model):
             "img": torch.cat([image, outputs["rgb"]], dim=1),
             "depth": depth,
         }
+
+
+def coarser(cameras: Cameras, zoom: float) -> Cameras:
+    """`cameras` with rays `zoom` times coarser: focal and principal point divided by `zoom`, sides rounded up."""
+    height, width = int(cameras.height.flatten()[0]), int(cameras.width.flatten()[0])
+    return Cameras(
+        camera_to_worlds=cameras.camera_to_worlds,
+        fx=cameras.fx / zoom,
+        fy=cameras.fy / zoom,
+        cx=cameras.cx / zoom,
+        cy=cameras.cy / zoom,
+        width=math.ceil(width / zoom),
+        height=math.ceil(height / zoom),
+        camera_type=cameras.camera_type,
+    )
+
+
+def upsampled(outputs: dict[str, Tensor], zoom: float, cameras: Cameras) -> dict[str, Tensor]:
+    """Outputs of `coarser(cameras, zoom)` upsampled `zoom` times (bicubic; pixel centres where the finer camera
+    has them) and cropped to the size of `cameras`."""
+    height, width = int(cameras.height.flatten()[0]), int(cameras.width.flatten()[0])
+    result = {}
+    for name, value in outputs.items():
+        image = value.permute(0, 3, 1, 2)
+        image = torch.nn.functional.interpolate(
+            image, scale_factor=zoom, mode="bicubic", align_corners=False, recompute_scale_factor=False
+        )
+        result[name] = image[:, :, :height, :width].permute(0, 2, 3, 1)
+    result["rgb"] = result["rgb"].clamp(0, 1)  # bicubic overshoots at edges
+    return result
