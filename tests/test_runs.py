@@ -69,7 +69,10 @@ def test_a_run_of_version_0_1_is_pointed_to_the_readme_and_its_sed_line_upgrades
     text = config.read_text()
     trainer = "AtomicCheckpointTrainer"
     old = text.replace(f"nerfstudio_mobile.common.checkpoints.{trainer}", f"nas_nerf.runs.{trainer}")
-    old = old.replace("nerfstudio_mobile.mobile_r2l.", "nerfstudio_mobile.")
+    newer = "nerfstudio_mobile.mobile_r2l.configs.MobileR2LTrainerConfig"  # a class 0.1 did not have: left as it is
+    old = old.replace("nerfstudio_mobile.mobile_r2l.", "nerfstudio_mobile.").replace(
+        newer.replace("mobile_r2l.", ""), newer
+    )
     assert old != text
     config.write_text(old)
     with pytest.raises(RunError, match="Upgrading from 0.1"):
