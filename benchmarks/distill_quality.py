@@ -8,7 +8,7 @@ the gap, pseudo-view disk per view, render latency of both, and the phone packag
 Each runs `ns-mobile-demo --data` (resumable: re-run after a kill), which trains on a shrunk copy of the scene
 under benchmarks/work/, and writes benchmarks/results/distill_<scene>[_<teacher>][_<label>].{json,md} (no suffix
 for the nas-nerf teacher). The markdown compares every other result of the same scene and teacher (other labels,
-e.g. `recipe-0.2`, the recipe before `distill_ablation.py`), student PSNR against the run's CPU minutes.
+e.g. `recipe-0.2`, the recipe before `distill_ablation.py`), student PSNR against the run's minutes.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def recipes_table(name: str, summary: dict, others: dict[str, dict]) -> str:
     minutes end to end (teacher included)."""
     if not others:
         return ""
-    header = "| result | setup | machine | CPU min (end to end) | teacher dB | student dB | gap dB |"
+    header = "| result | setup | machine | min (end to end) | teacher dB | student dB | gap dB |"
     lines = ["", header, "|---|---|---|---|---|---|---|"]
 
     def minutes(result: dict) -> float:
@@ -95,10 +95,16 @@ def recipes_table(name: str, summary: dict, others: dict[str, dict]) -> str:
     for key, result in sorted({**others, name: summary}.items(), key=lambda item: minutes(item[1])):
         setup = {knob: value for knob, value in result["setup"].items() if knob in RECIPE_KNOBS}
         teacher, student = result["teacher"]["psnr"], result["student"]["psnr"]
-        cells = (key, setup, result.get("cpu", ""), f"{minutes(result):.0f}", f"{teacher:.2f}", f"{student:.2f}",
+        cells = (key, setup, on_machine(result), f"{minutes(result):.0f}", f"{teacher:.2f}", f"{student:.2f}",
                  f"{student - teacher:+.2f}")  # fmt: skip
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines) + "\n"
+
+
+def on_machine(result: dict) -> str:
+    """The CPU a result ran on, and the GPU where it trained on one."""
+    device = result.get("device", "CPU")
+    return result.get("cpu", "") + ("" if device == "CPU" else f" + {device}")
 
 
 def markdown(scene: str, summary: dict) -> str:
@@ -106,7 +112,7 @@ def markdown(scene: str, summary: dict) -> str:
     h, w = summary["frame"]
     packages = ", ".join(f"{Path(e['file']).name} {e['megabytes']:.2f} MB" for e in summary["exports"])
     return "\n".join([
-        f"## Distillation on {scene} at {h}×{w} ({summary['machine']})",
+        f"## Distillation on {scene} at {h}×{w} ({summary['machine']}; {on_machine(summary)})",
         "",
         "| | PSNR (dB) | SSIM | ms / frame | params |",
         "|---|---|---|---|---|",

@@ -11,8 +11,9 @@ import pytest
 from support import ns_command, run_ns
 
 from nerfstudio_mobile.data.scenes import SceneConfig, generate_scene
-from nerfstudio_mobile.demo.demo import Demo
-from nerfstudio_mobile.demo.run_estimate import CostRates, paper_plan
+from nerfstudio_mobile.demo.demo import Demo, nerfacto_trainer
+from nerfstudio_mobile.demo.run_estimate import CostRates, RunPlan, paper_plan
+from nerfstudio_mobile.mobile_r2l.network import LightFieldNetworkConfig
 
 TINY = [
     "--scene.image-size", "32", "--scene.num-train", "16", "--scene.num-test", "2",
@@ -71,3 +72,15 @@ def test_demo_on_real_data_trains_on_a_shrunk_copy_and_says_what_the_originals_w
     hours, originals = plan.hours(rates), demo.plan(demo.teacher_config(scene, root)).hours(rates)
     assert originals["pseudo_views"] == pytest.approx(4 * hours["pseudo_views"])
     assert originals["eval"] == pytest.approx(8 * hours["eval"])
+
+
+def test_run_estimate_times_a_stock_nerfacto_teacher() -> None:
+    """`--teacher nerfacto`: its camera optimizer moves a training bundle's rays in place, so every timed step
+    needs rays of its own (one shared bundle failed the second step: 'backward through the graph a second time')."""
+    plan = RunPlan(
+        teacher=nerfacto_trainer().pipeline.model, teacher_steps=100, teacher_rays=64,
+        student=LightFieldNetworkConfig(width=16, num_blocks=1), student_steps=100, images_per_batch=1,
+        frame=(16, 16), pseudo_views=10, test_views=1,
+    )  # fmt: skip
+    rates = CostRates.measure(plan, render_patch=16)
+    assert all(0 < rate < 1 for rate in vars(rates).values())

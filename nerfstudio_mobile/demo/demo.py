@@ -312,6 +312,7 @@ def evaluate(teacher_config: Path, student_config: Path, root: Path, part: Calla
         for name, run in (("teacher", teacher), ("student", student))
     }  # an offline LPIPS stand-in scores NaN: left out
     summary["teacher_method"] = teacher_run.method_name
+    summary["device"] = torch.cuda.get_device_name() if student.device.type == "cuda" else "CPU"
     part("latency")
     camera, _ = next(iter(student.datamanager.fixed_indices_eval_dataloader))
     with torch.no_grad():
@@ -393,7 +394,8 @@ def write_turntable(student: Pipeline, path: Path, frames: int = 36) -> None:
 def summary_table(summary: dict) -> Table:
     teacher, student = summary["teacher"], summary["student"]
     h, w = summary["frame"]
-    table = Table(title=f"nerfstudio-mobile demo ({summary['total_minutes']:.1f} min, {h}×{w} test frames, CPU)")
+    title = f"nerfstudio-mobile demo ({summary['total_minutes']:.1f} min, {h}×{w} test frames, {summary['device']})"
+    table = Table(title=title)
     for column in ["", "PSNR (dB)", "SSIM", f"ms / {h}×{w} frame", "params"]:
         table.add_column(column, justify="right")
     table.add_row(f"teacher ({summary['teacher_method']})", f"{teacher['psnr']:.2f}", f"{teacher['ssim']:.3f}",

@@ -18,6 +18,7 @@ import torch
 from nerfstudio.data.scene_box import SceneBox
 
 from nas_nerf.model import NASNeRFModelConfig
+from nerfstudio_mobile.common.compat import default_device_type
 from nerfstudio_mobile.common.intrinsics import Intrinsics
 from nerfstudio_mobile.common.timing import median_seconds
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, LightFieldNetworkConfig
@@ -61,10 +62,13 @@ class CostRates:
     @classmethod
     def measure(cls, plan: RunPlan, render_patch: int = 64) -> CostRates:
         """Teacher rendering is timed on a render_patch² camera (a ray costs the same anywhere in a frame); the
-        default, 64², is one of the 4096-ray chunks nerfstudio renders a frame in."""
-        teacher_train_ray, teacher_render_ray = _teacher_rates(plan.teacher, plan.teacher_rays, render_patch)
+        default, 64², is one of the 4096-ray chunks nerfstudio renders a frame in. Timed on the device the run
+        trains on."""
+        device = torch.device(default_device_type())
+        teacher_train_ray, teacher_render_ray = _teacher_rates(plan.teacher, plan.teacher_rays, render_patch, device)
         student_batch = min(plan.images_per_batch, MAX_TIMED_STUDENT_BATCH)
-        return cls(teacher_train_ray, teacher_render_ray, _student_rate(plan.student, plan.frame, student_batch))
+        student_pixel = _student_rate(plan.student, plan.frame, student_batch, device)
+        return cls(teacher_train_ray, teacher_render_ray, student_pixel)
 
 
 # The paper's recipe: a vanilla-NeRF teacher trained nerfstudio's Blender budget, 10k pseudo views
@@ -108,15 +112,17 @@ def looking_at_origin() -> torch.Tensor:
     return torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 4.0]])
 
 
-def _teacher_rates(config: NASNeRFModelConfig, rays: int, patch: int) -> tuple[float, float]:
+def _teacher_rates(config: NASNeRFModelConfig, rays: int, patch: int, device: torch.device) -> tuple[float, float]:
     box = SceneBox(torch.tensor([[-1.5] * 3, [1.5] * 3]))
-    model = config.setup(scene_box=box, num_train_data=1)
-    camera = Intrinsics(1111.0, 1111.0, patch / 2, patch / 2, patch, patch).cameras(looking_at_origin()[None])
+    model = config.setup(scene_box=box, num_train_data=1).to(device)
+    intrinsics = Intrinsics(1111.0, 1111.0, patch / 2, patch / 2, patch, patch)
+    camera = intrinsics.cameras(looking_at_origin()[None]).to(device)
     timed_rays = min(rays, MAX_TIMED_TRAINING_RAYS, patch**2)
-    bundle = camera.generate_rays(camera_indices=0).flatten()[:timed_rays]
+    rays_of_camera = camera.generate_rays(camera_indices=0).flatten()
 
     def train_step() -> None:
-        outputs = model(bundle)
+        # a new bundle per step, as in training: nerfacto's camera optimizer replaces a bundle's origins in place
+        outputs = model(rays_of_camera[:timed_rays])
         sum(value.mean() for name, value in outputs.items() if name.startswith("rgb")).backward()
 
     model.train()
@@ -127,14 +133,14 @@ def _teacher_rates(config: NASNeRFModelConfig, rays: int, patch: int) -> tuple[f
     return train_ray, render_ray
 
 
-def _student_rate(config: LightFieldNetworkConfig, frame: tuple[int, int], batch: int) -> float:
+def _student_rate(config: LightFieldNetworkConfig, frame: tuple[int, int], batch: int, device: torch.device) -> float:
     shrink = min(1.0, MAX_TIMED_STUDENT_SIDE / max(frame))
     grid = [max(1, round(side * shrink / config.upscale)) for side in frame]
-    network = LightFieldNetwork(config).train()
-    encoded = torch.randn(batch, config.in_channels, *grid)
+    network = LightFieldNetwork(config).train().to(device)
+    encoded = torch.randn(batch, config.in_channels, *grid, device=device)
 
     def train_step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # as MobileR2LModel trains on CPUs
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=device.type == "cpu"):  # as MobileR2LModel trains
             out = network(encoded)
         out.float().square().mean().backward()
 
