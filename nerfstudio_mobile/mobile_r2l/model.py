@@ -115,11 +115,16 @@ class MobileR2LModel(Model):
         return float(round(zoom)) if abs(zoom - round(zoom)) < 1e-4 else zoom  # 3× the size is 3, not 3.0000001
 
     def get_outputs(self, cameras: Cameras) -> dict[str, Tensor]:  # type: ignore[override]
-        """[B] cameras -> rgb [B, H, W, 3], depth [B, H, W, 1]. A grid that overshoots H×W is cropped: the
-        block of low-res pixel (i, j) covers the same pixels as in the requested camera."""
+        """[B] cameras -> rgb [B, H, W, 3], depth [B, H, W, 1]; frames asking for finer rays than the student
+        trained on are rendered at its finest spacing and upsampled."""
         zoom = self.zoom_beyond_training(cameras)
         if zoom > 1 + 1e-6:
-            return upsampled(self.get_outputs(coarser(cameras, zoom)), zoom, cameras)
+            return upsampled(self.render(coarser(cameras, zoom)), zoom, cameras)
+        return self.render(cameras)
+
+    def render(self, cameras: Cameras) -> dict[str, Tensor]:
+        """The network's frame for [B] cameras at their own ray spacing. A grid that overshoots H×W is cropped: the
+        block of low-res pixel (i, j) covers the same pixels as in the requested camera."""
         encoded, (height, width) = self.encode(cameras, jitter=self.training and self.config.jitter)
         if self.uses_engine():
             out = self.engine_cache.render(self.network, encoded, self.run_network)
