@@ -9,6 +9,7 @@ import pytest
 import torch
 from nerfstudio.data.scene_box import SceneBox
 from support import STUDENT_PSEUDO_VIEWS, ns_command, run_ns, run_until_killed, stock_run, viewer_camera
+from torch import Tensor
 
 from nerfstudio_mobile.common.cli import UsageError
 from nerfstudio_mobile.common.intrinsics import Intrinsics
@@ -233,6 +234,27 @@ def test_forward_facing_student_upscales_12x_and_renders_any_size() -> None:
     assert encoded.shape == (1, 312, 5, 6) and size == (50, 70)  # ceil(50/12), ceil(70/12)
     outputs = model.get_outputs_for_camera(camera)
     assert outputs["rgb"].shape == (50, 70, 3) and outputs["depth"].shape == (50, 70, 1)
+
+
+def test_depth_outliers_of_a_contracted_teacher_cannot_outweigh_its_surfaces() -> None:
+    """A nerfacto teacher's pseudo views hold floaters far in front of the surface (5 cm before 1 m on the fox
+    capture). As squared relative error such a pixel weighed hundreds of surface pixels and diverged a student of
+    fox; each pixel now weighs less than the depth weight however far off, and a near miss still pulls."""
+    model = MobileR2LModelConfig(network=LightFieldNetworkConfig(width=16, num_blocks=1)).setup(
+        scene_box=SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1,
+        metadata={"mobile_r2l": {"near_far": (0.4, 1000.0), "ray_space": "contracted"}},
+    )  # fmt: skip
+    assert model.encoding_config.space == "contracted"
+    predicted = torch.ones(1, 2, 2, 1, requires_grad=True)  # a student that sees the surface at 1 m everywhere
+    outputs = {"rgb": torch.zeros(1, 2, 2, 3), "depth": predicted}
+
+    def depth_loss(target: float) -> Tensor:
+        batch = {"image": torch.zeros(1, 2, 2, 3), "depth": torch.full((1, 2, 2), target)}
+        return model.get_loss_dict(outputs, batch)["depth_loss"]
+
+    assert depth_loss(0.05) < model.config.depth_loss_weight  # floaters only: 20× off
+    (gradient,) = torch.autograd.grad(depth_loss(1.1), predicted)
+    assert (gradient < 0).all()  # 10 % short: pushed further
 
 
 def test_learning_rate_warms_up_then_decays() -> None:

@@ -159,9 +159,14 @@ class MobileR2LModel(Model):
         if "depth" in batch and "depth" in outputs and self.config.depth_loss_weight > 0:
             target = batch["depth"].to(self.device)[..., None]
             surface = target > 0  # the cache stores 0 where the teacher saw no surface
-            # a contracted space reaches the teacher's far plane (1000 for nerfacto): relative error there
-            scale = target.clamp_min(1e-3) if self.encoding_config.space == "contracted" else self.near_far[1]
-            error = ((outputs["depth"] - target) / scale) ** 2
+            if self.encoding_config.space == "contracted":
+                # depths span the near plane to the far one (1000 for nerfacto): relative error, made robust
+                # (Geman-McClure, below 1 per pixel) since a floater at 5 cm before a 1 m surface would weigh
+                # 400 times a surface pixel, and such outliers diverged a student of a phone capture
+                relative = (outputs["depth"] - target) / target.clamp_min(1e-3)
+                error = relative**2 / (1 + relative**2)
+            else:
+                error = ((outputs["depth"] - target) / self.near_far[1]) ** 2
             losses["depth_loss"] = self.config.depth_loss_weight * (error * surface).sum() / surface.sum().clamp_min(1)
         return {name: value * self.config.loss_coefficients.get(name, 1.0) for name, value in losses.items()}
 
