@@ -17,6 +17,7 @@ import json
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,11 +57,11 @@ class CudaStory:
             write_results("cuda_story", story, markdown(story))  # after each stage: a cut lease keeps the first
 
 
-def run_stage(name: str, run: object, directory: Path) -> dict:
+def run_stage(name: str, run: Callable[[], None], directory: Path) -> dict:
     """Run one stage; its summary and picture, or the error it ended with (the traceback is printed)."""
     started = time.perf_counter()
     try:
-        run()  # type: ignore[operator]
+        run()
     except (Exception, SystemExit) as error:  # the demo exits 1 after printing where its traceback is
         traceback.print_exc()
         return {"error": f"{type(error).__name__}: {error}", "minutes": (time.perf_counter() - started) / 60}
