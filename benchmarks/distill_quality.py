@@ -21,7 +21,7 @@ from typing import Literal
 import tyro
 from common import RESULTS, SHARED_DATA, WORK, cpu_model, machine, write_results
 
-from nerfstudio_mobile.demo.demo import Demo
+from nerfstudio_mobile.demo.demo import TEACHER, Demo
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetworkConfig
 
 DEFAULT_SIZE = {"lego": 128, "fern": 168, "fox": 128}
@@ -72,9 +72,9 @@ class DistillQuality:
         summary["pseudo_view_bytes"] = sum(f.stat().st_size for f in files) / len(files)
         summary["machine"], summary["cpu"] = machine(), cpu_model()
         summary["setup"] = {**vars(self), "max_image_size": demo.max_image_size}
-        others = {path.stem: json.loads(path.read_text()) for path in sorted(RESULTS.glob(f"{stem}*.json"))}
-        others = {key: value for key, value in others.items()
-                  if key != name and value["setup"].get("teacher", "nas-nerf") == self.teacher}  # fmt: skip
+        results = sorted(RESULTS.glob(f"distill_{self.scene}*.json"))
+        others = {path.stem: json.loads(path.read_text()) for path in results}
+        others.pop(name, None)
         write_results(name, summary, markdown(self.scene, summary) + recipes_table(name, summary, others))
 
 
@@ -82,12 +82,12 @@ RECIPE_KNOBS = ("teacher_steps", "student_steps", "pseudo_views", "student_width
 
 
 def recipes_table(name: str, summary: dict, others: dict[str, dict]) -> str:
-    """This result beside the other recipes measured on the same scene and teacher: student PSNR against CPU
-    minutes end to end (teacher included)."""
+    """This result beside the other recipes and teachers measured on the same scene: student PSNR against minutes
+    end to end, and the teacher's training minutes where the run recorded them."""
     if not others:
         return ""
-    header = "| result | setup | machine | min (end to end) | teacher dB | student dB | gap dB |"
-    lines = ["", header, "|---|---|---|---|---|---|---|"]
+    header = "| result | teacher | setup | machine | min end to end | teacher min | teacher dB | student dB | gap dB |"
+    lines = ["", header, "|---|---|---|---|---|---|---|---|---|"]
 
     def minutes(result: dict) -> float:
         return result["total_minutes"] + result.get("reused_minutes", 0.0)  # stages an earlier invocation ran
@@ -95,7 +95,9 @@ def recipes_table(name: str, summary: dict, others: dict[str, dict]) -> str:
     for key, result in sorted({**others, name: summary}.items(), key=lambda item: minutes(item[1])):
         setup = {knob: value for knob, value in result["setup"].items() if knob in RECIPE_KNOBS}
         teacher, student = result["teacher"]["psnr"], result["student"]["psnr"]
-        cells = (key, setup, on_machine(result), f"{minutes(result):.0f}", f"{teacher:.2f}", f"{student:.2f}",
+        teacher_minutes = result.get("stage_minutes", {}).get(TEACHER)
+        cells = (key, result["setup"].get("teacher", "nas-nerf"), setup, on_machine(result), f"{minutes(result):.0f}",
+                 "–" if teacher_minutes is None else f"{teacher_minutes:.1f}", f"{teacher:.2f}", f"{student:.2f}",
                  f"{student - teacher:+.2f}")  # fmt: skip
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     return "\n".join(lines) + "\n"
@@ -111,6 +113,8 @@ def markdown(scene: str, summary: dict) -> str:
     teacher, student = summary["teacher"], summary["student"]
     h, w = summary["frame"]
     packages = ", ".join(f"{Path(e['file']).name} {e['megabytes']:.2f} MB" for e in summary["exports"])
+    stage_minutes = summary.get("stage_minutes", {})
+    stages = f" ({', '.join(f'{stage} {m:.1f}' for stage, m in stage_minutes.items())})" if stage_minutes else ""
     return "\n".join([
         f"## Distillation on {scene} at {h}×{w} ({summary['machine']}; {on_machine(summary)})",
         "",
@@ -124,8 +128,8 @@ def markdown(scene: str, summary: dict) -> str:
         f"{summary['speedup']:.0f}× | |",
         "",
         f"Setup: {summary['setup']}. Pseudo views: {summary['pseudo_view_bytes'] / 1e3:.0f} KB per {h}×{w} view "
-        f"on disk. Packages: {packages}. This invocation took {summary['total_minutes']:.0f} min (stages finished by"
-        f" an earlier one are skipped). Paper: {PAPER[scene]}.",
+        f"on disk. Packages: {packages}. This invocation took {summary['total_minutes']:.0f} min{stages} (stages "
+        f"finished by an earlier one are skipped). Paper: {PAPER[scene]}.",
         "",
     ])  # fmt: skip
 

@@ -4,15 +4,16 @@ it replaces (vanilla NeRF and the paper's NAS-NeRF S / XS / XXS Lego cells).
     .venv/bin/python benchmarks/render_latency.py [--repeats 10] [--teacher-crop 48]
 
 Student: each path (torch eager / channels-last / bf16 / compiled, ONNX Runtime fp32 and static int8 QDQ as
-`ns-export-mobile onnx --quantize int8` writes it) renders the same encoded 100×100 ray grid to 800×800; median
-of `repeats` timed calls taken round-robin across paths after warm-up (compilation included in warm-up), the
-speed-up over eager fp32 and the largest RGB difference from it. Each path's GMAC/s is also given as a fraction
-of this machine's ceiling for its dtype: the best GMAC/s of chained 1×1 convs of the backbone's shape (width → width
-over the ray grid) at fp32 (torch compiled or ONNX Runtime), bf16 (torch compiled, channels-last) and int8 (ONNX
-Runtime QLinearConv, int8 in and out). Teachers: a NeRF frame costs the same per ray everywhere (64 + 128 samples per
-ray, no early exit), and an 800×800 frame takes minutes to hours here, so each renders a `teacher_crop`² patch
-of the frame through `get_outputs_for_camera` (bf16 fields, the training default on CPU), scaled by the pixel
-ratio. Results: benchmarks/results/render_latency.{json,md}.
+`ns-export-mobile onnx --quantize int8` writes it, torch's int8 backbone with a compiled bf16 head) renders the
+same encoded 100×100 ray grid to 800×800; median of `repeats` timed calls taken round-robin across paths after
+warm-up (compilation included in warm-up), the speed-up over eager fp32 and the largest RGB difference from it.
+Each path's GMAC/s is also given as a fraction of this machine's ceiling for its dtype: the best GMAC/s of chained
+1×1 convs of the backbone's shape (width → width over the ray grid) at fp32 (torch compiled or ONNX Runtime), bf16
+(torch compiled, channels-last) and int8 (ONNX Runtime QLinearConv, or torch PT2E's oneDNN int8 convs; int8 in
+and out). Teachers: a NeRF frame costs the same per ray everywhere (64 + 128 samples per ray, no early exit), and
+an 800×800 frame takes minutes to hours here, so each renders a `teacher_crop`² patch of the frame through
+`get_outputs_for_camera` (bf16 fields, the training default on CPU), scaled by the pixel ratio.
+Results: benchmarks/results/render_latency.{json,md}.
 """
 
 import copy
@@ -43,6 +44,7 @@ from nerfstudio_mobile.export.onnx_int8 import quantize_int8
 from nerfstudio_mobile.export.sidecar import ExportFrame
 from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig, encode_rays, pinhole_rays
 from nerfstudio_mobile.mobile_r2l.engines import EngineChoice, fastest_engine
+from nerfstudio_mobile.mobile_r2l.int8_backbone import int8_backbone_render, quantize_for_x86
 from nerfstudio_mobile.mobile_r2l.network import (
     LightFieldNetwork,
     LightFieldNetworkConfig,
@@ -132,6 +134,7 @@ def ort_paths(
 def student_rows(args: Args, directory: Path) -> tuple[list[dict], EngineChoice]:
     x = example_rays(FRAME // args.network.upscale, RayEncodingConfig())
     net = LightFieldNetwork(args.network).eval()
+    calibration = calibration_rays(FRAME // args.network.upscale, args.calibration_poses)
 
     @torch.inference_mode()
     def eager(x: Tensor) -> Tensor:
@@ -145,8 +148,9 @@ def student_rows(args: Args, directory: Path) -> tuple[list[dict], EngineChoice]
         "channels-last bf16": lambda: prepare_for_inference(net, channels_last=True, bf16=True),
         "compiled bf16 + channels-last + freezing": lambda: prepare_for_inference(net, bf16=True, compile=True),
         **ort_paths(net, args, directory),
+        "torch int8 backbone (PT2E) + compiled bf16 head": lambda: int8_backbone_render(net, x, calibration),
     }
-    dtypes = dict(zip(paths, ("fp32", "fp32", "bf16", "bf16", "fp32", "int8"), strict=True))
+    dtypes = dict(zip(paths, ("fp32", "fp32", "bf16", "bf16", "fp32", "int8", "int8"), strict=True))
 
     def set_up(build: Callable[[], Callable[[Tensor], Tensor]]) -> tuple[Callable[[Tensor], Tensor], Tensor]:
         render = build()
@@ -164,7 +168,6 @@ def student_rows(args: Args, directory: Path) -> tuple[list[dict], EngineChoice]
         (render, out), setup_s = timed(lambda build=build: set_up(build))
         add_row(name, dtypes[name], render, out, setup_s)
     # What the viewer and the demo render with; its setup builds, checks and times every candidate engine.
-    calibration = calibration_rays(FRAME // args.network.upscale, args.calibration_poses)
     choice, setup_s = timed(
         lambda: fastest_engine(net, x, calibration=calibration, repeats=args.repeats, warmup=args.warmup)
     )
@@ -248,11 +251,22 @@ def conv_ceilings(width: int, grid: int, repeats: int, warmup: int, directory: P
         data = np.clip(np.round(x.numpy() / scale), -127, 127).astype(np.int8) if int8 else x.numpy()
         return lambda: session.run(None, {"x": data})
 
+    def torch_int8_chain() -> Callable[[], object]:
+        layers = quantize_for_x86(copy.deepcopy(chain), x, [x])
+
+        @torch.no_grad()
+        def run() -> Tensor:
+            with torch._inductor.config.patch(freezing=True):
+                return layers(x)
+
+        return run
+
     kernels = {
         ("fp32", "torch compiled channels-last"): torch_chain(torch.float32),
         ("fp32", "ONNX Runtime"): ort_chain(int8=False),
         ("bf16", "torch compiled channels-last"): torch_chain(torch.bfloat16),
         ("int8", "ONNX Runtime QLinearConv"): ort_chain(int8=True),
+        ("int8", "torch PT2E int8 convs (oneDNN)"): torch_int8_chain(),
     }
     times = round_robin_seconds(
         {f"{dtype} {engine}": work for (dtype, engine), work in kernels.items()}, repeats, warmup

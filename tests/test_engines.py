@@ -15,9 +15,11 @@ from nerfstudio.data.scene_box import SceneBox
 from torch import Tensor
 
 from nerfstudio_mobile.common.intrinsics import Intrinsics
+from nerfstudio_mobile.common.metrics import psnr
 from nerfstudio_mobile.mobile_r2l import engines
 from nerfstudio_mobile.mobile_r2l.engine_cache import EngineCache
 from nerfstudio_mobile.mobile_r2l.engines import Engine, candidate_engines, fastest_engine
+from nerfstudio_mobile.mobile_r2l.int8_backbone import int8_backbone_render
 from nerfstudio_mobile.mobile_r2l.model import MobileR2LModel, MobileR2LModelConfig
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, LightFieldNetworkConfig, prepare_for_inference
 
@@ -92,7 +94,7 @@ def test_without_onnxruntime_the_torch_engines_remain(monkeypatch: pytest.Monkey
     net, calibration = tiny_network(), [torch.randn(1, 24, 4, 5)]
     installed = set(candidate_engines(net, calibration))
     assert ONNX_RUNTIME <= installed  # the export extra is installed in the tests' environment
-    assert set(candidate_engines(net)) == installed - {"ONNX Runtime int8 (QDQ S8S8)"}  # int8 needs calibration
+    assert set(candidate_engines(net)) == {name for name in installed if "int8" not in name}  # needs calibration
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
     remaining = set(candidate_engines(net, calibration))
     assert remaining == installed - ONNX_RUNTIME
@@ -113,6 +115,23 @@ def test_the_real_engines_build_run_and_render_like_the_network() -> None:
     assert all(timing.median_ms is not None for timing in table.values() if timing.dtype != "int8"), table
     assert table["ONNX Runtime fp32"].psnr > 60
     assert choice.render(x).shape == (1, 4, 32, 40)
+
+
+def test_the_int8_backbone_renders_like_the_network_unless_its_calibration_is_wrong() -> None:
+    net = tiny_network()
+    with torch.no_grad():
+        net.stem[0].weight.mul_(4)  # a picture that depends on the rays, so a wrong backbone shows
+        net.rgb_head.weight.mul_(100)
+    rays = [2 * torch.rand(1, 24, 6, 5) - 1 for _ in range(5)]  # encoded rays lie in [-1, 1]
+    x, calibration = rays[0], rays[1:]
+    image = int8_backbone_render(net, x, calibration)(x)
+    assert image.shape == (1, 4, 48, 40)
+    assert psnr(exact(net, x)[:, :3], image[:, :3]) > engines.MIN_PSNR
+    # The chooser's fidelity check catches int8 activations calibrated on the wrong range (here 1000x too wide: every
+    # ray quantizes to about zero).
+    miscalibrated = Engine("int8", lambda x: int8_backbone_render(net, x, [c * 1000 for c in calibration]))
+    choice = fastest_engine(net, x, candidates={"miscalibrated": miscalibrated, "right": fake_engine(net, 0.0)})
+    assert choice.name == "right" and "PSNR" in (choice.table[0].rejected or ""), choice.table
 
 
 @pytest.fixture

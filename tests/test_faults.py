@@ -363,6 +363,9 @@ def assert_whole_story(output: Path, stdout: str, stderr: str) -> None:
     assert all(e["verified"] and Path(e["file"]).exists() for e in packages.values())
     assert set(summary["estimated_hours"]["this_run"]) == {"teacher", "pseudo_views", "student", "eval"}
     assert set(summary["estimated_hours"]["paper"]) == {"teacher", "pseudo_views", "student"}
+    stages = summary["stage_minutes"]  # this invocation's: stages an earlier one finished took 0
+    assert set(stages) == {"teacher training", "pseudo views", "student training", "evaluation", "export"}
+    assert all(minutes >= 0 for minutes in stages.values()) and sum(stages.values()) <= summary["total_minutes"]
     printed = " ".join(stdout.split())
     assert printed.index("This run on this machine") < printed.index("teacher training")  # said first
     assert "paper-scale run" in printed and "Phone packages" in printed and str(output / "demo.log") in printed

@@ -161,6 +161,7 @@ class Demo:
                 bars.finish(EXPORT, "skipped")
                 terminal.print(f"[yellow]Export skipped: {escape(str(error))}")
                 summary["exports"] = []
+            summary["stage_minutes"] = bars.minutes()
         return summary
 
     def scene_data(self, root: Path) -> Path:
@@ -271,6 +272,12 @@ class StageBars:
         """A callback for a stage done in named parts: part(name) as each begins."""
         begun = itertools.count()
         return lambda name: self.update(stage, next(begun), name)
+
+    def minutes(self) -> dict[str, float]:
+        """Minutes each stage took in this invocation (0 for one an earlier run finished)."""
+        tasks = {task.id: task for task in self.progress.tasks}
+        return {stage: (tasks[task].finished_time or tasks[task].elapsed or 0.0) / 60
+                for stage, task in self.tasks.items()}  # fmt: skip
 
     def finish(self, stage: str, note: str | None = None) -> None:
         if note is None:

@@ -1,8 +1,9 @@
 """The fastest way to run a student on this CPU, chosen by measurement rather than by rule.
 
     candidate_engines(net)   eager fp32 (the reference); channels-last, and compiled with inductor freezing, each in
-                             bf16 where the CPU has native bf16 (else fp32); ONNX Runtime fp32 and, given
-                             calibration inputs, static int8 QDQ (each only when its packages are installed)
+                             bf16 where the CPU has native bf16 (else fp32); ONNX Runtime fp32; and, given
+                             calibration inputs, ONNX Runtime static int8 QDQ and torch's int8 backbone (PT2E for
+                             oneDNN, `int8_backbone`), each only when its packages are installed
     fastest_engine(net, x)   builds each for x's shape, rejects any whose RGB strays from eager fp32 (PSNR below
                              `min_psnr`: a bf16 or int8 engine that garbles the picture never wins), times the rest
                              round-robin, and returns the fastest with the table of all of them
@@ -24,6 +25,7 @@ from torch import Tensor
 
 from nerfstudio_mobile.common.metrics import psnr
 from nerfstudio_mobile.common.timing import round_robin_seconds
+from nerfstudio_mobile.mobile_r2l.int8_backbone import int8_backbone_render
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, bf16_is_fast, fold_batchnorm, prepare_for_inference
 
 Render = Callable[[Tensor], Tensor]
@@ -83,6 +85,10 @@ def candidate_engines(net: LightFieldNetwork, calibration: Sequence[Tensor] = ()
         engines["ONNX Runtime fp32"] = Engine("fp32", lambda x: _onnx_runtime(net, x))
         if calibration and _installed("ml_dtypes"):
             engines["ONNX Runtime int8 (QDQ S8S8)"] = Engine("int8", lambda x: _onnx_runtime(net, x, calibration))
+    if calibration and _installed("torchao"):
+        engines[f"torch int8 backbone (PT2E) + compiled {dtype} head"] = Engine(
+            "int8", lambda x: int8_backbone_render(net, x, calibration)
+        )
     return engines
 
 

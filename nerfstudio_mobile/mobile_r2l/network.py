@@ -108,8 +108,15 @@ class LightFieldNetwork(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``[B, in_channels, h, w] -> [B, 3 (+1 depth), h*s, w*s]`` with rgb in [0, 1]."""
+        return self.head(self.backbone(x))
+
+    def backbone(self, x: Tensor) -> Tensor:
+        """``[B, in_channels, h, w] -> [B, width, h, w]``: the per-ray part, most of the MACs."""
         x = self.stem(x)
-        x = self.blocks(x) + x  # long skip around the whole backbone
+        return self.blocks(x) + x  # long skip around the whole backbone
+
+    def head(self, x: Tensor) -> Tensor:
+        """``[B, width, h, w] -> [B, 3 (+1 depth), h*s, w*s]``: super-resolution and the output convs."""
         x = self.upsample(x)
         rgb = torch.sigmoid(self.rgb_head(x))
         if self.depth_head is None:
@@ -168,8 +175,10 @@ def prepare_for_inference(
     channels_last: bool = True,
     bf16: bool | None = None,
     compile: bool = False,
+    head_only: bool = False,
 ) -> Callable[[Tensor], Tensor]:
-    """Fast render function ``[B, in, h, w] -> [B, 3 (+1), h*s, w*s]`` float32 on the network's device.
+    """Fast render function ``[B, in, h, w] -> [B, 3 (+1), h*s, w*s]`` float32 on the network's device
+    (``head_only``: of the head alone, ``[B, width, h, w] -> ...``, for engines that run the backbone otherwise).
 
     Folds BN, then optionally stores activations channels-last (oneDNN's native layout for 1x1 convs),
     casts weights and activations to bf16 (``None``: when the hardware has native bf16), and compiles
@@ -180,9 +189,10 @@ def prepare_for_inference(
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     dtype = torch.bfloat16 if (bf16_is_fast(device) if bf16 is None else bf16) else torch.float32
     model = model.to(dtype=dtype, memory_format=memory_format)
+    part = model.head if head_only else model
     # Render engines are built per ray-grid shape: keep each compile static (dynamo would otherwise compile the
     # next shape seen by this code for symbolic sizes).
-    forward = torch.compile(model, dynamic=False) if compile else model
+    forward = torch.compile(part, dynamic=False) if compile else part
 
     @torch.inference_mode()
     def render(x: Tensor) -> Tensor:
