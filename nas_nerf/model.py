@@ -26,6 +26,7 @@ from nas_nerf.cell import FieldCellConfig, load_architecture
 from nas_nerf.field import CellField
 from nerfstudio_mobile.common.compat import optional_lpips
 from nerfstudio_mobile.common.metrics import image_metrics, psnr
+from nerfstudio_mobile.common.precision import cpu_bf16_autocast
 
 
 @dataclass
@@ -47,7 +48,7 @@ class NASNeRFModelConfig(ModelConfig):
     background_color: Literal["random", "last_sample", "black", "white"] = "white"
     """Background colour composited behind the rendered rays."""
     cpu_bf16: bool = True
-    """On a CPU with AVX512-BF16/AMX, run the field MLPs in bfloat16 (faster); sampling stays fp32."""
+    """On a CPU with AVX512-BF16/AMX, run the field MLPs in bfloat16 (faster; elsewhere fp32); sampling stays fp32."""
 
     def resolve_cells(self) -> None:
         """Read the architecture file into the two cells, once, and refuse cells that cannot be built
@@ -88,8 +89,7 @@ class NASNeRFModel(Model):
         return {"fields": list(self.field_coarse.parameters()) + list(self.field_fine.parameters())}
 
     def _render(self, field_: CellField, samples: RaySamples) -> tuple[dict[str, Tensor], Tensor]:
-        # nerfstudio's trainer turns mixed precision off on CPUs, so the model opts in itself.
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.cpu_bf16 and self.device.type == "cpu"):
+        with cpu_bf16_autocast(self.device, self.config.cpu_bf16):
             outputs = {name: value.float() for name, value in field_(samples).items()}
         weights = samples.get_weights(outputs[FieldHeadNames.DENSITY])
         rendered = {

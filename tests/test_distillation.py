@@ -268,3 +268,19 @@ def test_learning_rate_warms_up_then_decays() -> None:
         scheduler.step()
     assert rates[0] == pytest.approx(1e-4) and rates[100] == pytest.approx(3e-4) and rates[200] == pytest.approx(5e-4)
     assert rates[499] == pytest.approx(5e-4) and rates[500] == pytest.approx(5e-5) and rates[999] == pytest.approx(5e-6)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_the_student_trains_in_bf16_only_where_the_cpu_runs_bf16_natively(
+    monkeypatch: pytest.MonkeyPatch, native_bf16: bool
+) -> None:
+    """Emulated bf16 trains about 20× slower than fp32 (an AVX2-only EPYC): there the student stays fp32."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    model = MobileR2LModelConfig(network=LightFieldNetworkConfig(width=16, num_blocks=1)).setup(
+        scene_box=SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1,
+        metadata={"mobile_r2l": {"near_far": (2.0, 6.0)}},
+    )  # fmt: skip
+    out = model.run_network(torch.randn(1, model.network_config.in_channels, 2, 2))
+    assert out.dtype == (torch.bfloat16 if native_bf16 else torch.float32)

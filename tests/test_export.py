@@ -491,7 +491,9 @@ def test_compression_names_parse_or_are_refused(
     assert weight_format("palettize3-g16") == WeightFormat("palette", 3, 16)
     assert weight_format("palettize4") == WeightFormat("palette", 4)
     assert weight_format("w8a8") == WeightFormat("w8a8", 8)
-    for name in ("palettize3", "palettize5-g16", "palettize4-g0", "int4"):
+    assert weight_format("palettize2-g16-finetuned") == WeightFormat("palette", 2, 16, finetuned=True)
+    assert weight_format("palettize4-finetuned") == WeightFormat("palette", 4, finetuned=True)
+    for name in ("palettize3", "palettize5-g16", "palettize4-g0", "int4", "palettize2-g16-tuned", "w8a8-finetuned"):
         with pytest.raises(CompressionError, match="not a weight format"):
             weight_format(name)
     argv = ["coreml", "--load-config", str(tmp_path / "config.yml"), "--compressions", "none", "palettize3"]
@@ -535,3 +537,143 @@ def test_interpreter_expands_grouped_palettes_and_quantizes_like_coremltools() -
     np.testing.assert_array_equal(quantized.numpy(), ops["q"].outputs[0].val)
     dequantized = OPS["dequantize"](OpArgs(ops["dq"], {"q": quantized}))
     np.testing.assert_allclose(dequantized.numpy(), (ops["q"].outputs[0].val - 3.0) * 0.05, rtol=1e-6)
+
+
+# Palette-aware fine-tuning (issue 15: small packages that keep the student's quality).
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("bits", "group_size", "axis"), [(2, 16, 0), (3, 4, 1), (4, None, 0)])
+def test_palette_holds_at_most_its_entries_per_group_and_passes_gradients_straight(
+    bits: int, group_size: int | None, axis: int
+) -> None:
+    from nerfstudio_mobile.export.palette_training import Palette
+
+    weight = torch.randn(32, 32, 2, 2, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    palette = Palette(weight, bits, group_size, axis)
+    palettized = palette(weight)
+    groups = palettized.detach().movedim(axis, 0).reshape(1 if group_size is None else 32 // group_size, -1)
+    assert max(len(group.unique()) for group in groups) == 2**bits
+    assert all(torch.isin(group, lut).all() for group, lut in zip(groups, palette.lut, strict=True))  # exactly
+    # a k-means fit: closer to the weights than the same number of evenly spaced levels over each group's range
+    latent = weight.detach().movedim(axis, 0).reshape(groups.shape)
+    low, high = latent.min(dim=1, keepdim=True).values, latent.max(dim=1, keepdim=True).values
+    steps = (high - low) / (2**bits - 1)
+    uniform = low + ((latent - low) / steps).round() * steps
+    assert ((groups - latent) ** 2).mean() < 0.8 * ((uniform - latent) ** 2).mean()
+    (palettized * torch.arange(weight.numel()).reshape(weight.shape)).sum().backward()
+    assert torch.equal(weight.grad, torch.arange(weight.numel(), dtype=torch.float32).reshape(weight.shape))
+
+
+@pytest.mark.slow
+def test_finetuned_palettes_are_stored_exactly_and_beat_kmeans_palettes(
+    coreml_files: CoreMLFiles, student: Student, frame: ExportFrame, tmp_path: Path
+) -> None:
+    """palettize2-g16-finetuned through the export: the student learns 2-bit palettes on its pseudo views; the
+    package stores them as they are (verification: every large weight a 2-bit palette per 16 channels) and renders
+    closer to the student than k-means palettes of its trained weights; without the cache, one line says why."""
+    from nerfstudio_mobile.export.palette_training import PaletteTraining
+
+    training = PaletteTraining(steps=80, views_per_step=2)
+    [finetuned] = export_coreml_files(student, frame, ["pose"], ["palettize2-g16-finetuned"], tmp_path, 1, training)
+    assert finetuned.verification.passed, finetuned.verification.failures
+    kmeans = coreml_files["pose", "palettize2-g16"]
+    assert finetuned.size_bytes <= kmeans.size_bytes * 1.02
+    assert finetuned.verification.fidelity.psnr > kmeans.verification.fidelity.psnr
+    with pytest.raises(CalibrationError, match="palette fine-tuning trains on the student's pseudo views"):
+        export_coreml_files(
+            dataclasses.replace(student, pseudo_views=None), frame, ["pose"], ["palettize2-g16-finetuned"],
+            tmp_path / "again", 1, training,
+        )  # fmt: skip
+
+
+@pytest.mark.unit
+def test_network_with_palette_values_is_stored_as_exactly_those_palettes(tmp_path: Path) -> None:
+    """What `palette_finetuned` hands to the Core ML export (weights holding 2^n values per 16 output channels)
+    becomes n-bit palettes holding exactly those values: the package computes what that network computes."""
+    from torch.nn.utils import parametrize
+
+    from nerfstudio_mobile.common.intrinsics import Intrinsics
+    from nerfstudio_mobile.common.metrics import psnr
+    from nerfstudio_mobile.export import coreml
+    from nerfstudio_mobile.export.coreml_verify import check_weights
+    from nerfstudio_mobile.export.mil import read_package, run_program
+    from nerfstudio_mobile.export.palette_training import Palette, palettized_layers
+    from nerfstudio_mobile.export.sidecar import sidecar
+    from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig
+    from nerfstudio_mobile.mobile_r2l.network import fold_batchnorm
+
+    torch.manual_seed(0)
+    config = LightFieldNetworkConfig(in_channels=RayEncodingConfig().num_channels, width=64, num_blocks=1)
+    network = fold_batchnorm(LightFieldNetwork(config))
+    compression = "palettize2-g16-finetuned"
+    weights = weight_format(compression)
+    for layer, bits, axis in palettized_layers(network, weights):
+        parametrize.register_parametrization(layer, "weight", Palette(layer.weight, bits, weights.group_size, axis))
+        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+    identity = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0))
+    output = Intrinsics(40.0, 40.0, 24.0, 24.0, 48, 48)
+    frame = ExportFrame(output, config, RayEncodingConfig(), 2.0, 6.0, identity, 1.0)
+    graph = export_graph(network, frame, "rays")
+    params = sum(p.numel() for p in graph.parameters())
+    converted = coreml.convert(graph, frame, "rays", coreml.conversion_target(weights))
+    path = tmp_path / "palettes.mlpackage"
+    coreml.save(coreml.compress(converted, compression), path, sidecar(frame, "rays", compression, params, {}))
+    package = read_package(path)
+    assert check_weights(package, params, weights) == []  # every large weight a 2-bit palette per 16 channels
+    rays = torch.rand(frame.input_shape("rays"))
+    with torch.no_grad():
+        expected = graph(rays)[0][0].permute(1, 2, 0)
+    stored = run_program(package.main, {"rays": rays})["rgb"][0].permute(1, 2, 0).float()
+    assert psnr(expected, stored) > 40  # fp16 rounding only, no clustering error
+
+
+@pytest.mark.unit
+def test_palette_finetuning_learns_palettes_closer_to_the_network_than_kmeans(tmp_path: Path) -> None:
+    """Fine-tuned on pseudo views of what the float network renders, 2-bit palettes per 16 channels reproduce it
+    better than k-means palettes of its weights, and each palettized weight holds at most 4 values per group."""
+    from types import SimpleNamespace
+
+    from nerfstudio.cameras.camera_utils import viewmatrix
+    from nerfstudio.data.scene_box import SceneBox
+    from torch.nn.utils import parametrize
+
+    from nerfstudio_mobile.common.metrics import psnr
+    from nerfstudio_mobile.export.palette_training import Palette, PaletteTraining, palette_finetuned, palettized_layers
+    from nerfstudio_mobile.mobile_r2l.cache import CacheMeta, PseudoViewCache
+    from nerfstudio_mobile.mobile_r2l.model import MobileR2LModelConfig
+    from nerfstudio_mobile.mobile_r2l.network import fold_batchnorm
+
+    torch.manual_seed(0)
+    model = MobileR2LModelConfig(
+        network=LightFieldNetworkConfig(width=32, num_blocks=1), jitter=False, cpu_bf16=False
+    ).setup(scene_box=SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1,
+            metadata={"mobile_r2l": {"near_far": (2.0, 6.0)}})  # fmt: skip
+    model.network.eval()
+    meta = CacheMeta(num_views=8, height=24, width=24, fx=30.0, fy=30.0, cx=12.0, cy=12.0, layout="sphere", seed=0)
+    angles = torch.linspace(0, 2 * torch.pi, 9)[:-1]
+    positions = torch.stack([4 * angles.cos(), 4 * angles.sin(), torch.ones_like(angles)], dim=1)
+    c2w = torch.stack([viewmatrix(-position, torch.tensor([0.0, 0.0, 1.0]), position) for position in positions])
+    cameras = meta.intrinsics.cameras(c2w)
+
+    def renders(network: torch.nn.Module) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            encoded, (height, width) = model.encode(cameras, jitter=False)
+            return model.frame_outputs(network(encoded), height, width)
+
+    truth = renders(model.network)
+    cache = PseudoViewCache(tmp_path / "views", meta)
+    for index in range(meta.num_views):
+        cache.write(index, truth["rgb"][index], truth["depth"][index, ..., 0], c2w[index])
+    weights = weight_format("palettize2-g16-finetuned")
+    student = SimpleNamespace(model=model, pseudo_views=cache.root)
+    finetuned = palette_finetuned(student, weights, PaletteTraining(steps=60, views_per_step=4, lr=1e-3))  # type: ignore[arg-type]
+    for layer, bits, axis in palettized_layers(finetuned, weights):
+        groups = layer.weight.detach().movedim(axis, 0).reshape(layer.weight.shape[axis] // 16, -1)
+        assert max(len(group.unique()) for group in groups) <= 2**bits
+    kmeans = fold_batchnorm(model.network)
+    for layer, bits, axis in palettized_layers(kmeans, weights):
+        parametrize.register_parametrization(layer, "weight", Palette(layer.weight, bits, weights.group_size, axis))
+    target = truth["rgb"].clamp(0, 1)
+    finetuned_psnr, kmeans_psnr = psnr(target, renders(finetuned)["rgb"]), psnr(target, renders(kmeans)["rgb"])
+    assert finetuned_psnr > kmeans_psnr + 3.0

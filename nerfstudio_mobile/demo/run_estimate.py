@@ -20,6 +20,7 @@ from nerfstudio.data.scene_box import SceneBox
 from nas_nerf.model import NASNeRFModelConfig
 from nerfstudio_mobile.common.compat import default_device_type
 from nerfstudio_mobile.common.intrinsics import Intrinsics
+from nerfstudio_mobile.common.precision import cpu_bf16_autocast
 from nerfstudio_mobile.common.timing import median_seconds
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, LightFieldNetworkConfig
 
@@ -140,7 +141,7 @@ def _student_rate(config: LightFieldNetworkConfig, frame: tuple[int, int], batch
     encoded = torch.randn(batch, config.in_channels, *grid, device=device)
 
     def train_step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=device.type == "cpu"):  # as MobileR2LModel trains
+        with cpu_bf16_autocast(device):  # as MobileR2LModel trains
             out = network(encoded)
         out.float().square().mean().backward()
 

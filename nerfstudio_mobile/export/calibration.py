@@ -19,21 +19,25 @@ from nerfstudio_mobile.mobile_r2l.cache import PseudoViewCache
 DEFAULT_CALIBRATION_VIEWS = 32
 
 
+def student_pseudo_views(student: Student, needed_for: str, otherwise: str) -> PseudoViewCache:
+    """The pseudo-view cache the student was distilled from; CalibrationError (what to do) when it is gone."""
+    where = student.pseudo_views
+    cache = PseudoViewCache.open(where) if where is not None and where.is_dir() else None
+    if cache is None or not cache.indices():
+        raise CalibrationError(
+            f"{needed_for} the student's pseudo views, and its cache is "
+            f"{'not in the teacher run' if where is None else f'empty or gone ({where})'}: put the cache back (or "
+            f"render it again with ns-mobile-pseudo-views and the student's settings), or {otherwise}."
+        )
+    return cache
+
+
 def calibration_cameras(student: Student, frame: ExportFrame, count: int) -> list[Cameras]:
     """The first `count` cached pseudo views (their poses are independent draws) as cameras of the export."""
     if count < 1:
         raise CalibrationError(f"--calibration-views {count}: int8 activations need at least one calibration view.")
-    where = student.pseudo_views
-    cache = PseudoViewCache.open(where) if where is not None and where.is_dir() else None
-    indices = cache.indices()[:count] if cache is not None else []
-    if cache is None or not indices:
-        raise CalibrationError(
-            f"int8 activations are calibrated on the student's pseudo views, and its cache is "
-            f"{'not in the teacher run' if where is None else f'empty or gone ({where})'}: put the cache back (or "
-            "render it again with ns-mobile-pseudo-views and the student's settings), or export without int8 "
-            "activations."
-        )
-    return [frame.output.cameras(cache.read(index).c2w[None]) for index in indices]
+    cache = student_pseudo_views(student, "int8 activations are calibrated on", "export without int8 activations")
+    return [frame.output.cameras(cache.read(index).c2w[None]) for index in cache.indices()[:count]]
 
 
 def calibration_inputs(student: Student, frame: ExportFrame, mode: InputMode, cameras: list[Cameras]) -> list[Tensor]:

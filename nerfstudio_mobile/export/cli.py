@@ -3,6 +3,7 @@
     ns-export-mobile coreml --load-config outputs/<scene>/mobile-r2l/<run>/config.yml --output-dir exports/
     ns-export-mobile coreml ... --input-modes pose --compressions none palettize4
     ns-export-mobile coreml ... --compressions palettize4-g16 palettize3-g16 w8a8
+    ns-export-mobile coreml ... --compressions palettize2-g16-finetuned --palette-training.steps 300
     ns-export-mobile onnx --load-config ... --output-dir exports-onnx/ --quantize none int8
 
 Every file is read back and executed (Core ML: by a torch interpreter of its ML program, since Core ML runs
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import sys
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -26,6 +27,7 @@ from nerfstudio_mobile.common.cli import run_cli
 from nerfstudio_mobile.common.files import atomic_dir
 from nerfstudio_mobile.export.calibration import DEFAULT_CALIBRATION_VIEWS
 from nerfstudio_mobile.export.errors import OutputExistsError
+from nerfstudio_mobile.export.palette_training import PaletteTraining
 from nerfstudio_mobile.export.pipeline import ExportedFile, export_coreml_files, export_onnx_files
 from nerfstudio_mobile.export.sidecar import (
     INPUT_MODES,
@@ -106,7 +108,11 @@ class CoreMLExport(ExportMobile):
     compressions: tuple[Compression, ...] = ("none",)
     """Weight formats, one package each: none (fp16), int8, palettize8, palettize6, palettize4 (k-means, one palette
     per tensor; iOS 16); palettize<n>-g<size> (one palette per <size> output channels, n = 8, 6, 4, 3, 2, e.g.
-    palettize4-g16; iOS 18); w8a8 (int8 weights and activations, the Neural Engine's int8 path; iOS 17)."""
+    palettize4-g16; iOS 18); either palette with -finetuned (e.g. palettize2-g16-finetuned: the student fine-tuned
+    on its pseudo views with the palettes in the loop, far more accurate at 3 and 2 bits); w8a8 (int8 weights and
+    activations, the Neural Engine's int8 path; iOS 17)."""
+    palette_training: PaletteTraining = field(default_factory=PaletteTraining)
+    """Fine-tuning of the -finetuned palettes (on the student's pseudo-view cache, no teacher renders)."""
 
     def require_dependencies(self) -> None:
         from nerfstudio_mobile.export import coreml, coreml_verify  # noqa: F401
@@ -117,8 +123,9 @@ class CoreMLExport(ExportMobile):
 
     def export(self, student: Student, frame: ExportFrame, directory: Path) -> list[ExportedFile]:
         return export_coreml_files(
-            student, frame, self.input_modes, self.compressions, directory, self.calibration_views
-        )
+            student, frame, self.input_modes, self.compressions, directory, self.calibration_views,
+            self.palette_training,
+        )  # fmt: skip
 
 
 @dataclass

@@ -39,16 +39,15 @@ from coremltools.models import MLModel  # noqa: E402
 from coremltools.models.utils import _apply_graph_pass  # noqa: E402
 
 from nerfstudio_mobile.export.mil import run_program  # noqa: E402
+from nerfstudio_mobile.export.palette_training import (  # noqa: E402
+    COMPRESSION_MIN_ELEMENTS,
+    STEM_MIN_BITS,
+    palettized_layers,
+)
 
 # iOS 16 / macOS 13: the first release with compressed-weight (constexpr) ops.
 DEPLOYMENT_TARGET = ct.target.iOS16
 NETWORK_ENTRY_OPS = frozenset({"conv", "conv_transpose"})
-STEM_MIN_BITS = 8
-"""The stem conv reads the positional encoding directly, so a coarse palette there loses more than anywhere
-else, and it holds few of the weights: it keeps at least this many bits."""
-COMPRESSION_MIN_ELEMENTS = 2048
-"""coremltools' default: smaller weights (16x16 convs, heads, biases) stay fp16; they are a small share of the
-parameters."""
 
 
 def deployment_target(weights: WeightFormat) -> ct.target:
@@ -132,11 +131,7 @@ def check_group_size(network: nn.Module, compression: Compression) -> None:
     weights = weight_format(compression)
     if weights.group_size is None:
         return
-    channels = {
-        module.out_channels
-        for module in network.modules()
-        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d) and module.weight.numel() >= COMPRESSION_MIN_ELEMENTS
-    }
+    channels = {layer.weight.shape[axis] for layer, _, axis in palettized_layers(network, weights)}
     if uneven := sorted(c for c in channels if c % weights.group_size):
         divisors = [d for d in range(min(channels), 0, -1) if all(c % d == 0 for c in channels)]
         raise CompressionError(
@@ -196,7 +191,8 @@ def compress(model: MLModel, compression: Compression, samples: Sequence[dict[st
     """A compressed copy of an fp16 model from `convert` (at the compression's `conversion_target`): int8
     (per-output-channel symmetric linear), an n-bit k-means palette per weight tensor or per group of output
     channels (the stem kept at >= 8 bits), or w8a8 (int8 weights, int8 activations calibrated on `samples`, dicts
-    of the program's named inputs)."""
+    of the program's named inputs). A -finetuned palette's model was converted from a `palette_finetuned`
+    network, whose weights already hold at most 2^n values per group: they are stored as they are."""
     weights = weight_format(compression)
     if weights.kind == "fp16":
         return model
@@ -207,11 +203,12 @@ def compress(model: MLModel, compression: Compression, samples: Sequence[dict[st
     require_palettizer()
 
     def palette(nbits: int) -> cto.OpPalettizerConfig:
+        # "unique" infers the bits from the values, at most nbits for a fine-tuned network
+        mode = {"nbits": None, "mode": "unique"} if weights.finetuned else {"nbits": nbits, "mode": "kmeans"}
         if weights.group_size is None:
-            return cto.OpPalettizerConfig(nbits=nbits, mode="kmeans", weight_threshold=COMPRESSION_MIN_ELEMENTS)
+            return cto.OpPalettizerConfig(**mode, weight_threshold=COMPRESSION_MIN_ELEMENTS)
         return cto.OpPalettizerConfig(
-            nbits=nbits,
-            mode="kmeans",
+            **mode,
             granularity="per_grouped_channel",
             group_size=weights.group_size,
             weight_threshold=COMPRESSION_MIN_ELEMENTS,

@@ -17,6 +17,7 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio_mobile.common.files import file_size, temp_path
 from nerfstudio_mobile.export.calibration import DEFAULT_CALIBRATION_VIEWS, calibration_cameras, calibration_inputs
 from nerfstudio_mobile.export.graphs import export_graph
+from nerfstudio_mobile.export.palette_training import PaletteTraining
 from nerfstudio_mobile.export.sidecar import (
     Compression,
     ExportFrame,
@@ -52,31 +53,41 @@ def export_coreml_files(
     compressions: Sequence[Compression],
     directory: Path,
     calibration_views: int = DEFAULT_CALIBRATION_VIEWS,
+    palette_training: PaletteTraining | None = None,
 ) -> list[ExportedFile]:
-    """`<name>-<mode>-<compression>.mlpackage` + `.json` in `directory` for every mode and compression."""
+    """`<name>-<mode>-<compression>.mlpackage` + `.json` in `directory` for every mode and compression.
+    -finetuned palettes are learnt first, once per compression (`palette_training`'s settings)."""
     # Imported here: each format needs its own optional packages (coremltools), not the other format's.
     from nerfstudio_mobile.export import coreml
     from nerfstudio_mobile.export.coreml_verify import verify_coreml
+    from nerfstudio_mobile.export.palette_training import palette_finetuned
 
     for compression in compressions:  # a bad name or group size fails before the slow part
         coreml.check_group_size(student.model.network, compression)
     needs_calibration = any(weight_format(compression).kind == "w8a8" for compression in compressions)
     cameras = calibration_cameras(student, frame, calibration_views) if needs_calibration else []
+    finetuned = {
+        compression: palette_finetuned(student, weight_format(compression), palette_training or PaletteTraining())
+        for compression in compressions
+        if weight_format(compression).finetuned
+    }
     exported = []
     for mode in modes:
         graph = export_graph(student.model.network, frame, mode)
         params = sum(p.numel() for p in graph.parameters())
         cases = view_cases(student, frame, mode)
         samples = [{mode: x} for x in calibration_inputs(student, frame, mode, cameras)]
-        conversions = {}  # deployment target -> fp16 model
+        conversions = {}  # (deployment target, the fine-tuned palettes' compression or None) -> fp16 model
         for compression in compressions:
             target = coreml.conversion_target(weight_format(compression))
-            if target not in conversions:
-                conversions[target] = coreml.convert(graph, frame, mode, target)
+            key = (target, compression if compression in finetuned else None)
+            if key not in conversions:
+                converted = graph if key[1] is None else export_graph(finetuned[compression], frame, mode)
+                conversions[key] = coreml.convert(converted, frame, mode, target)
             weights = weights_label(compression)
             contents = sidecar(frame, mode, weights, params, student.source)
             path = directory / f"{student.name}-{mode}-{weights}.mlpackage"
-            coreml.save(coreml.compress(conversions[target], compression, samples), path, contents)
+            coreml.save(coreml.compress(conversions[key], compression, samples), path, contents)
             _write_sidecar(path, contents)
             verification = verify_coreml(path, frame, mode, compression, params, contents, cases)
             exported.append(ExportedFile(path, mode, weights, file_size(path), params, verification))

@@ -23,14 +23,15 @@ OnnxWeights = Literal["none", "int8"]
 Compression = str
 """A Core ML weight format, as `--compressions` names it: none (fp16), int8 (weights), palettize8|6|4 (one k-means
 palette per weight tensor), palettize<n>-g<size> (one palette per group of <size> output channels, n = 8, 6, 4, 3
-or 2; iOS 18), w8a8 (int8 weights and int8 activations; iOS 17)."""
+or 2; iOS 18), either with a -finetuned suffix (palettes learnt by fine-tuning on the pseudo views, see
+palette_training), w8a8 (int8 weights and int8 activations; iOS 17)."""
 COMPRESSIONS: tuple[Compression, ...] = ("none", "int8", "palettize8", "palettize6", "palettize4")
 """The iOS 16 formats."""
 GROUPED_PALETTES: tuple[Compression, ...] = ("palettize4-g16", "palettize3-g16", "palettize2-g16")
 """Per-grouped-channel palettes at the group size that keeps 4 and 3 bits accurate (Apple: 8 to 16)."""
 PER_TENSOR_PALETTE_BITS = (8, 6, 4)
 GROUPED_PALETTE_BITS = (8, 6, 4, 3, 2)
-_PALETTE = re.compile(r"palettize(\d+)(?:-g(\d+))?")
+_PALETTE = re.compile(r"palettize(\d+)(?:-g(\d+))?(-finetuned)?")
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class WeightFormat:
     """Bits per stored weight element."""
     group_size: int | None = None
     """Palettes: output channels that share one look-up table; None: one table per weight tensor."""
+    finetuned: bool = False
+    """Palettes learnt by fine-tuning the student with them in the loop (else k-means of the trained weights)."""
 
 
 def weight_format(compression: Compression) -> WeightFormat:
@@ -52,16 +55,16 @@ def weight_format(compression: Compression) -> WeightFormat:
         return WeightFormat(compression, 8)
     match = _PALETTE.fullmatch(compression)
     if match:
-        bits, group = int(match.group(1)), match.group(2)
+        bits, group, finetuned = int(match.group(1)), match.group(2), match.group(3) is not None
         if group is None and bits in PER_TENSOR_PALETTE_BITS:
-            return WeightFormat("palette", bits)
+            return WeightFormat("palette", bits, finetuned=finetuned)
         if group is not None and bits in GROUPED_PALETTE_BITS and int(group) > 0:
-            return WeightFormat("palette", bits, int(group))
+            return WeightFormat("palette", bits, int(group), finetuned)
     raise CompressionError(
         f"--compressions {compression!r} is not a weight format: pass none, int8, w8a8, "
         f"palettize{{{','.join(map(str, PER_TENSOR_PALETTE_BITS))}}} (one palette per tensor) or "
         f"palettize{{{','.join(map(str, GROUPED_PALETTE_BITS))}}}-g<size> (one palette per <size> output "
-        "channels, e.g. palettize4-g16)."
+        "channels, e.g. palettize4-g16), either with -finetuned (palettes learnt on the pseudo views)."
     )
 
 

@@ -24,9 +24,10 @@ import torch
 from torch import Tensor
 
 from nerfstudio_mobile.common.metrics import psnr
+from nerfstudio_mobile.common.precision import bf16_is_fast
 from nerfstudio_mobile.common.timing import round_robin_seconds
 from nerfstudio_mobile.mobile_r2l.int8_backbone import int8_backbone_render
-from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, bf16_is_fast, fold_batchnorm, prepare_for_inference
+from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, fold_batchnorm, prepare_for_inference
 
 Render = Callable[[Tensor], Tensor]
 

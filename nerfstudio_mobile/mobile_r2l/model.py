@@ -19,11 +19,12 @@ import torch
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.models.base_model import Model, ModelConfig
 from nerfstudio.utils import colormaps
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn import Parameter
 
 from nerfstudio_mobile.common.compat import optional_lpips
 from nerfstudio_mobile.common.metrics import image_metrics, psnr
+from nerfstudio_mobile.common.precision import cpu_bf16_autocast
 from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig, encode_rays, pinhole_rays
 from nerfstudio_mobile.mobile_r2l.engine_cache import EngineCache
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, LightFieldNetworkConfig
@@ -43,7 +44,7 @@ class MobileR2LModelConfig(ModelConfig):
     jitter: bool = True
     """Training draws each ray's K depths at random inside their bins (R2L's perturb); evaluation uses bin edges."""
     cpu_bf16: bool = True
-    """On CPUs, run the network in bfloat16 (the ray encoding always stays fp32)."""
+    """On CPUs with AVX512-BF16/AMX, run the network in bfloat16 (the ray encoding always stays fp32)."""
     fastest_cpu_engine: bool = True
     """On CPUs, evaluation and viewer renders go through the engine measured fastest on this machine (compiled bf16,
     ONNX Runtime, ...; `engines.py`), chosen once the weights stop changing; off: the training network."""
@@ -96,10 +97,11 @@ class MobileR2LModel(Model):
         near, far = self.near_far.tolist()
         return encode_rays(origins, directions, near, far, self.encoding_config, jitter=jitter), (height, width)
 
-    def run_network(self, encoded: Tensor) -> Tensor:
-        """The training network on encoded rays (bf16 autocast on CPUs unless `cpu_bf16` is off)."""
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.cpu_bf16 and self.device.type == "cpu"):
-            return self.network(encoded)
+    def run_network(self, encoded: Tensor, network: nn.Module | None = None) -> Tensor:
+        """The training network (or `network`, e.g. a copy being fine-tuned for export) on encoded rays (bf16
+        autocast on CPUs with native bf16 unless `cpu_bf16` is off)."""
+        with cpu_bf16_autocast(self.device, self.config.cpu_bf16):
+            return (self.network if network is None else network)(encoded)
 
     def uses_engine(self) -> bool:
         """Renders that need no gradient, in eval mode on a CPU, may go through the fastest engine."""
@@ -130,6 +132,10 @@ class MobileR2LModel(Model):
             out = self.engine_cache.render(self.network, encoded, self.run_network)
         else:
             out = self.run_network(encoded)
+        return self.frame_outputs(out, height, width)
+
+    def frame_outputs(self, out: Tensor, height: int, width: int) -> dict[str, Tensor]:
+        """The network's [B, 3 (+1), h*s, w*s] cropped to H×W: rgb [B, H, W, 3] (, depth [B, H, W, 1])."""
         out = out.float()[:, :, :height, :width].permute(0, 2, 3, 1)
         outputs = {"rgb": out[..., :3]}
         if self.network_config.predict_depth:

@@ -25,6 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from nerfstudio_mobile.common.precision import bf16_is_fast
+
 # ConvTranspose2d (kernel, stride, padding): exactly s-times larger output; kernel divisible by stride avoids
 # checkerboard artefacts. A 1x stage keeps the resolution: small frames need a finer ray grid, not more upscaling.
 _UPSAMPLE_LAYERS: dict[int, tuple[int, int, int]] = {1: (1, 1, 0), 2: (4, 2, 1), 3: (3, 3, 0)}
@@ -159,14 +161,6 @@ def fold_batchnorm(net: LightFieldNetwork) -> LightFieldNetwork:
         if isinstance(module, ResidualBlock):
             module.body = _fold_sequential(module.body)
     return folded
-
-
-def bf16_is_fast(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    # oneDNN has native bf16 kernels only with AVX512-BF16 or AMX; elsewhere bf16 is emulated and slow.
-    native_cpu_bf16 = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-    return device.type == "cpu" and native_cpu_bf16
 
 
 def prepare_for_inference(

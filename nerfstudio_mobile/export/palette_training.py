@@ -1,0 +1,131 @@
+"""Palette-aware fine-tuning: a copy of the student whose weights an n-bit palette stores exactly.
+
+Palettizing a trained network rounds each large weight to the nearest of 2^n values (k-means per weight tensor
+or per group of output channels), an error the network never saw: at 3 and 2 bits it costs a trained student
+1 to 3 dB. Here the BN-folded network (the weights the package stores) trains on its own pseudo views, with the
+student's loss, while the forward pass uses every compressed weight's palette value (a straight-through
+gradient reaches the latent weight) and the palettes are refitted by 1-D k-means (Lloyd) at every step. The
+result holds at most 2^n distinct values per group, so the Core ML export stores them as they are ("unique"
+palettization) instead of clustering again. No teacher renders: the cache is the one the student learnt from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from rich.progress import track
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+from nerfstudio_mobile.export.calibration import student_pseudo_views
+from nerfstudio_mobile.export.sidecar import WeightFormat
+from nerfstudio_mobile.export.student import Student
+from nerfstudio_mobile.mobile_r2l.cache.dataset import PseudoViewDataset
+from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, fold_batchnorm
+
+STEM_MIN_BITS = 8
+"""The stem conv reads the positional encoding directly, so a coarse palette there loses more than anywhere
+else, and it holds few of the weights: it keeps at least this many bits."""
+COMPRESSION_MIN_ELEMENTS = 2048
+"""coremltools' default: smaller weights (16x16 convs, heads, biases) stay fp16; they are a small share of the
+parameters."""
+INITIAL_LLOYD_ITERATIONS = 30
+"""Lloyd iterations of the first fit, from quantiles; afterwards one per step from the previous palette."""
+
+
+@dataclass
+class PaletteTraining:
+    """Settings of palette-aware fine-tuning (`--compressions palettize<n>[-g<size>]-finetuned`)."""
+
+    steps: int = 300
+    """Steps of fine-tuning per palette format."""
+    views_per_step: int = 4
+    lr: float = 2e-4
+    """Adam's learning rate, cosine-annealed to 0 (about a tenth of the student's own)."""
+    seed: int = 0
+
+
+class Palette(nn.Module):
+    """Parametrization of a conv weight: each element replaced by the nearest entry of its group's palette of
+    2^bits values (groups of `group_size` output channels along `channel_axis`; None: the whole tensor), with
+    the gradient passed straight through to the latent weight. Refits the palettes by one Lloyd step per call."""
+
+    def __init__(self, weight: Tensor, bits: int, group_size: int | None, channel_axis: int) -> None:
+        super().__init__()
+        self.group_size, self.channel_axis = group_size, channel_axis
+        groups = self.grouped(weight.detach().float())
+        levels = (torch.arange(2**bits, dtype=groups.dtype) + 0.5) / 2**bits
+        self.register_buffer("lut", torch.quantile(groups, levels, dim=1).T.contiguous())  # [groups, 2^bits]
+        self.refit(groups, INITIAL_LLOYD_ITERATIONS)
+
+    def grouped(self, weight: Tensor) -> Tensor:
+        """[groups, elements per group], output channels first (coremltools' grouping)."""
+        channels_first = weight.movedim(self.channel_axis, 0)
+        count = 1 if self.group_size is None else channels_first.shape[0] // self.group_size
+        return channels_first.reshape(count, -1)
+
+    def assign(self, groups: Tensor) -> Tensor:
+        """Index of the nearest palette entry of every element (the palette is sorted)."""
+        boundaries = (self.lut[:, 1:] + self.lut[:, :-1]) / 2
+        return torch.searchsorted(boundaries.contiguous(), groups.contiguous())
+
+    @torch.no_grad()
+    def refit(self, groups: Tensor, iterations: int) -> None:
+        for _ in range(iterations):
+            index = self.assign(groups)
+            sums = torch.zeros_like(self.lut).scatter_add_(1, index, groups)
+            counts = torch.zeros_like(self.lut).scatter_add_(1, index, torch.ones_like(groups))
+            # an entry that lost every element keeps its value
+            self.lut = torch.where(counts > 0, sums / counts.clamp_min(1), self.lut).sort(dim=1).values
+
+    def forward(self, weight: Tensor) -> Tensor:
+        groups = self.grouped(weight.detach())
+        self.refit(groups, 1)
+        palettized = self.lut.gather(1, self.assign(groups))
+        channels_first = palettized.reshape(weight.movedim(self.channel_axis, 0).shape)
+        # exactly the palette values (weight + (q - weight) would round), with the weight's gradient
+        return channels_first.movedim(0, self.channel_axis) + (weight - weight.detach())
+
+
+def palettized_layers(network: nn.Module, weights: WeightFormat) -> Iterator[tuple[nn.Module, int, int]]:
+    """(layer, bits, output-channel axis) of every conv of a LightFieldNetwork that `compress` palettizes, as
+    coremltools picks them: weights of COMPRESSION_MIN_ELEMENTS elements or more, the stem at STEM_MIN_BITS or more
+    (a conv-transpose's output channels are its weight's axis 1)."""
+    stem = network.stem[0]
+    for module in network.modules():
+        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d) and module.weight.numel() >= COMPRESSION_MIN_ELEMENTS:
+            bits = max(weights.bits, STEM_MIN_BITS) if module is stem else weights.bits
+            yield module, bits, 1 if isinstance(module, nn.ConvTranspose2d) else 0
+
+
+def palette_finetuned(student: Student, weights: WeightFormat, settings: PaletteTraining) -> LightFieldNetwork:
+    """A BN-folded copy of the student's network fine-tuned on its pseudo views with `weights`' palettes in the
+    loop; its palettized weights hold at most 2^bits values per group."""
+    views = PseudoViewDataset(
+        student_pseudo_views(student, "palette fine-tuning trains on", "export palettes without -finetuned")
+    )
+    network = fold_batchnorm(student.model.network).float()
+    layers = list(palettized_layers(network, weights))
+    for layer, bits, axis in layers:
+        parametrize.register_parametrization(layer, "weight", Palette(layer.weight, bits, weights.group_size, axis))
+    optimizer = torch.optim.Adam(network.parameters(), lr=settings.lr)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps)
+    generator = torch.Generator().manual_seed(settings.seed)
+    model, intrinsics = student.model, views.cache.meta.intrinsics
+    label = f"{weights.bits}-bit palettes" + (f" per {weights.group_size} channels" if weights.group_size else "")
+    for _ in track(range(settings.steps), description=f"Fine-tuning {label} on {len(views)} pseudo views"):
+        batch = views.sample(settings.views_per_step, generator)
+        encoded, (height, width) = model.encode(intrinsics.cameras(batch.c2w), jitter=model.config.jitter)
+        outputs = model.frame_outputs(model.run_network(encoded, network), height, width)
+        targets = {"image": batch.rgb.float() / 255.0, "depth": batch.depth.float()}
+        loss = sum(model.get_loss_dict(outputs, targets).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    with torch.no_grad():
+        for layer, _, _ in layers:
+            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+    return network.eval()
