@@ -109,7 +109,7 @@ class CoreMLExport(ExportMobile):
     """Weight formats, one package each: none (fp16), int8, palettize8, palettize6, palettize4 (k-means, one palette
     per tensor; iOS 16); palettize<n>-g<size> (one palette per <size> output channels, n = 8, 6, 4, 3, 2, e.g.
     palettize4-g16; iOS 18); either palette with -finetuned (e.g. palettize2-g16-finetuned: the student fine-tuned
-    on its pseudo views with the palettes in the loop, far more accurate at 3 and 2 bits); w8a8 (int8 weights and
+    on its pseudo views with the palettes in the loop instead of clustering its trained weights); w8a8 (int8 weights and
     activations, the Neural Engine's int8 path; iOS 17)."""
     palette_training: PaletteTraining = field(default_factory=PaletteTraining)
     """Fine-tuning of the -finetuned palettes (on the student's pseudo-view cache, no teacher renders)."""
