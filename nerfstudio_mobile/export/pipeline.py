@@ -17,7 +17,7 @@ from nerfstudio.cameras.cameras import Cameras
 from nerfstudio_mobile.common.files import file_size, temp_path
 from nerfstudio_mobile.export.calibration import DEFAULT_CALIBRATION_VIEWS, calibration_cameras, calibration_inputs
 from nerfstudio_mobile.export.graphs import export_graph
-from nerfstudio_mobile.export.palette_training import PaletteTraining
+from nerfstudio_mobile.export.palette_training import PaletteTraining, palette_finetuned
 from nerfstudio_mobile.export.sidecar import (
     Compression,
     ExportFrame,
@@ -60,7 +60,6 @@ def export_coreml_files(
     # Imported here: each format needs its own optional packages (coremltools), not the other format's.
     from nerfstudio_mobile.export import coreml
     from nerfstudio_mobile.export.coreml_verify import verify_coreml
-    from nerfstudio_mobile.export.palette_training import palette_finetuned
 
     for compression in compressions:  # a bad name or group size fails before the slow part
         coreml.check_group_size(student.model.network, compression)
