@@ -2,14 +2,16 @@
 scene), then students that each differ from the demo's recipe in one knob; test-split PSNR/SSIM and training minutes.
 
     python benchmarks/distill_ablation.py     # resumable: finished students are read back, not retrained
+    python benchmarks/distill_ablation.py --variants demo-now edge-loss-0.05 --label edge   # a few, on their own
 
 A viewer asks a student for frames larger than those it learnt from (finer ray spacing), where the super-resolution
 stages can show a checkerboard: each student is also compared with the teacher on a few test poses rendered at 1×, 2×
 and 4× the training resolution, natively and upsampled from the trained spacing (the model's default), and the centre
 of one pose at 4× is saved as a picture, teacher | native | upsampled.
 
-Writes benchmarks/results/distill_ablation.{json,md} and distill_ablation_4x/<variant>.png. Run it alone: the minutes
-are only comparable within one run on an otherwise idle machine.
+Writes benchmarks/results/distill_ablation[_<label>].{json,md} and distill_ablation[_<label>]_4x/<variant>.png. Run it
+alone: the minutes are only comparable within one run on an otherwise idle machine, and PSNRs only within one
+teacher (a teacher trained on another CPU differs a little): compare a variant with the demo-now of its own run.
 """
 
 from __future__ import annotations
@@ -60,6 +62,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "demo-now": ("the demo's recipe now: width 256, 8 blocks, lr 5e-3 (the defaults of `ns-mobile-demo`)", {}),
     "no-jitter": ("now, without jittered depths along the rays in training", {"model.jitter": False}),
     "no-depth-loss": ("now, without the distilled-depth loss", {"model.depth_loss_weight": 0.0}),
+    "edge-loss-0.05": (
+        "now, plus an L1 loss on pixel differences along x and y, weight 0.05",
+        {"model.edge_loss_weight": 0.05},
+    ),
+    "edge-loss-0.2": ("now, plus the same edge loss at weight 0.2", {"model.edge_loss_weight": 0.2}),
     "batch-4": ("now, 4 views a step for 3000 steps", {"datamanager.images_per_batch": 4, "demo.student_steps": 3000}),
     "views-200": ("now, 200 pseudo views", {"demo.pseudo_views": 200}),
     "views-300": ("now, 300 pseudo views", {"demo.pseudo_views": 300}),
@@ -78,7 +85,6 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 NOW = list(VARIANTS).index("demo-now")
 VIEWER_ZOOMS = (1, 2, 4)
 """Multiples of the training resolution the test poses are rendered at, by the teacher and by each student."""
-PICTURES = RESULTS / "distill_ablation_4x"
 
 
 @dataclass
@@ -88,6 +94,8 @@ class DistillAblation:
     variants: tuple[str, ...] = tuple(VARIANTS)
     viewer_poses: int = 3
     """Test poses the students are compared with the teacher on, at each of VIEWER_ZOOMS."""
+    label: str = ""
+    """Results as distill_ablation_<label> (e.g. a few variants on another machine), beside the full table."""
 
     def main(self) -> None:
         root = self.output_dir.resolve()
@@ -95,10 +103,12 @@ class DistillAblation:
         _, teacher_pipeline, _ = load_run(teacher)
         metrics = teacher_pipeline.get_average_eval_image_metrics()
         frames = viewer_frames(teacher_pipeline, self.viewer_poses)
-        rows = [self.student(root, teacher, name, frames) for name in self.variants]
+        name = "distill_ablation" + (f"_{self.label}" if self.label else "")
+        pictures = RESULTS / f"{name}_4x"
+        rows = [self.student(root, teacher, variant, frames, pictures) for variant in self.variants]
         result = {"machine": machine(), "teacher": {key: metrics[key] for key in ("psnr", "ssim")},
-                  "viewer_poses": self.viewer_poses, "variants": rows}  # fmt: skip
-        write_results("distill_ablation", result, markdown(result))
+                  "viewer_poses": self.viewer_poses, "pictures": pictures.name, "variants": rows}  # fmt: skip
+        write_results(name, result, markdown(result))
 
     def teacher(self, root: Path) -> Path:
         demo = Demo(output_dir=root)
@@ -106,7 +116,9 @@ class DistillAblation:
         train_once(config)
         return config.get_base_dir() / "config.yml"
 
-    def student(self, root: Path, teacher: Path, name: str, frames: list[ViewerFrame]) -> dict[str, Any]:
+    def student(
+        self, root: Path, teacher: Path, name: str, frames: list[ViewerFrame], pictures: Path
+    ) -> dict[str, Any]:
         description, changes = VARIANTS[name]
         overrides = changes if list(VARIANTS).index(name) >= NOW else {**OLD_RECIPE, **changes}
         demo_fields = {key.split(".", 1)[1]: value for key, value in overrides.items() if key.startswith("demo.")}
@@ -128,7 +140,7 @@ class DistillAblation:
         metrics = pipeline.get_average_eval_image_metrics()
         return {"name": name, "change": description, "psnr": metrics["psnr"], "ssim": metrics["ssim"],
                 "minutes": minutes, "params": sum(p.numel() for p in pipeline.model.network.parameters()),
-                "vs_teacher_psnr": compare_with_teacher(pipeline, frames, PICTURES / f"{name}.png")}  # fmt: skip
+                "vs_teacher_psnr": compare_with_teacher(pipeline, frames, pictures / f"{name}.png")}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -210,9 +222,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"vs teacher at 1× / 2× / 4×: the student's PSNR against the teacher on {result['viewer_poses']} test poses "
         "rendered at 1×, 2× and 4× the training resolution, as a viewer asks for larger frames (finer rays than any "
         "the student learnt from, where its super-resolution can show a checkerboard); the centre of the first pose at "
-        f"4×, teacher | student native | student upsampled, is in {PICTURES.name}/<variant>.png. Native: the student "
-        "renders the rays the frame asks for; upsampled (the model's default now, `upsample_finer_frames`): a frame "
-        "finer than training renders at the trained spacing and is upsampled (bicubic).",
+        f"4×, teacher | student native | student upsampled, is in {result.get('pictures', 'distill_ablation_4x')}/"
+        "<variant>.png. Native: the student renders the rays the frame asks for; upsampled (the model's default now, "
+        "`upsample_finer_frames`): a frame finer than training renders at the trained spacing and is upsampled "
+        "(bicubic).",
         "",
         "| variant | change | student PSNR (dB) | gap to teacher | vs base | SSIM | vs teacher at 1× / 2× / 4×, "
         "native (dB) | upsampled (dB) | train min | params |",

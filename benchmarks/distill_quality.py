@@ -83,7 +83,8 @@ RECIPE_KNOBS = ("teacher_steps", "student_steps", "pseudo_views", "student_width
 
 def recipes_table(name: str, summary: dict, others: dict[str, dict]) -> str:
     """This result beside the other recipes and teachers measured on the same scene: student PSNR against minutes
-    end to end, and the teacher's training minutes where the run recorded them."""
+    end to end, and the teacher's training minutes where the run recorded them. A result whose stages came from an
+    earlier invocation carries their minutes by hand (`reused_minutes`, `reused_stage_minutes`, `reused_from`)."""
     if not others:
         return ""
     header = "| result | teacher | setup | machine | min end to end | teacher min | teacher dB | student dB | gap dB |"
@@ -95,7 +96,8 @@ def recipes_table(name: str, summary: dict, others: dict[str, dict]) -> str:
     for key, result in sorted({**others, name: summary}.items(), key=lambda item: minutes(item[1])):
         setup = {knob: value for knob, value in result["setup"].items() if knob in RECIPE_KNOBS}
         teacher, student = result["teacher"]["psnr"], result["student"]["psnr"]
-        teacher_minutes = result.get("stage_minutes", {}).get(TEACHER)
+        stage_minutes = {**result.get("stage_minutes", {}), **result.get("reused_stage_minutes", {})}
+        teacher_minutes = stage_minutes.get(TEACHER)
         cells = (key, result["setup"].get("teacher", "nas-nerf"), setup, on_machine(result), f"{minutes(result):.0f}",
                  "–" if teacher_minutes is None else f"{teacher_minutes:.1f}", f"{teacher:.2f}", f"{student:.2f}",
                  f"{student - teacher:+.2f}")  # fmt: skip

@@ -257,6 +257,27 @@ def test_depth_outliers_of_a_contracted_teacher_cannot_outweigh_its_surfaces() -
     assert (gradient < 0).all()  # 10 % short: pushed further
 
 
+def test_the_edge_loss_charges_a_blur_that_mse_forgives() -> None:
+    """Off by default (the paper's MSE only). On, a blurred frame costs more than one with the same MSE whose edges
+    are intact (a brightness offset): what the student gets for keeping the teacher's edges."""
+    scene_box = SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    network = LightFieldNetworkConfig(width=16, num_blocks=1)
+    cells = torch.arange(32)[:, None] // 4 + torch.arange(32)[None, :] // 4
+    target = (cells % 2).float()[None, :, :, None].expand(1, 32, 32, 3)  # a checkerboard of 4-pixel squares
+    blurred = torch.nn.functional.avg_pool2d(target.permute(0, 3, 1, 2), 3, stride=1, padding=1,
+                                             count_include_pad=False).permute(0, 2, 3, 1)  # fmt: skip
+    offset = target + torch.mean((blurred - target) ** 2).sqrt()  # the blur's MSE, every edge kept
+    batch = {"image": target}
+
+    paper = MobileR2LModelConfig(network=network).setup(scene_box=scene_box, num_train_data=1)
+    assert set(paper.get_loss_dict({"rgb": blurred}, batch)) == {"rgb_loss"}
+    model = MobileR2LModelConfig(network=network, edge_loss_weight=0.5).setup(scene_box=scene_box, num_train_data=1)
+    blur_losses, offset_losses = (model.get_loss_dict({"rgb": frame}, batch) for frame in (blurred, offset))
+    assert blur_losses["rgb_loss"] == pytest.approx(float(offset_losses["rgb_loss"]), rel=1e-4)
+    assert float(offset_losses["edge_loss"]) == pytest.approx(0.0, abs=1e-6)
+    assert float(blur_losses["edge_loss"]) > 0.05
+
+
 def test_learning_rate_warms_up_then_decays() -> None:
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.AdamW([parameter], lr=5e-4)

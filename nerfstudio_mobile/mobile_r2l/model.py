@@ -41,6 +41,10 @@ class MobileR2LModelConfig(ModelConfig):
     """Backbone and super-resolution (input channels follow the encoding; upscale factors the scene layout)."""
     depth_loss_weight: float = 0.1
     """Weight of the distilled-depth loss (depth / far, on pixels where the teacher saw a surface)."""
+    edge_loss_weight: float = 0.0
+    """Weight of an L1 loss between the frame's and the target's horizontal and vertical pixel differences: MSE
+    alone forgives a blur, this term charges every edge the student smooths away (0: MSE only, as the paper; it lost
+    PSNR at the demo's scale: benchmarks/results/distill_ablation_edge.md)."""
     jitter: bool = True
     """Training draws each ray's K depths at random inside their bins (R2L's perturb); evaluation uses bin edges."""
     cpu_bf16: bool = True
@@ -161,7 +165,10 @@ class MobileR2LModel(Model):
     def get_loss_dict(
         self, outputs: dict[str, Tensor], batch: dict[str, Tensor], metrics_dict: dict | None = None
     ) -> dict[str, Tensor]:
-        losses = {"rgb_loss": torch.mean((outputs["rgb"] - batch["image"][..., :3].to(self.device)) ** 2)}
+        image = batch["image"][..., :3].to(self.device)
+        losses = {"rgb_loss": torch.mean((outputs["rgb"] - image) ** 2)}
+        if self.config.edge_loss_weight > 0:
+            losses["edge_loss"] = self.config.edge_loss_weight * edge_difference(outputs["rgb"], image)
         if "depth" in batch and "depth" in outputs and self.config.depth_loss_weight > 0:
             target = batch["depth"].to(self.device)[..., None]
             surface = target > 0  # the cache stores 0 where the teacher saw no surface
@@ -186,6 +193,13 @@ class MobileR2LModel(Model):
             "img": torch.cat([image, outputs["rgb"]], dim=1),
             "depth": depth,
         }
+
+
+def edge_difference(frames: Tensor, targets: Tensor) -> Tensor:
+    """Mean L1 distance between the pixel differences along x and along y of [B, H, W, C] frames and targets."""
+    along_x = (frames.diff(dim=2) - targets.diff(dim=2)).abs().mean()
+    along_y = (frames.diff(dim=1) - targets.diff(dim=1)).abs().mean()
+    return along_x + along_y
 
 
 def coarser(cameras: Cameras, zoom: float) -> Cameras:
