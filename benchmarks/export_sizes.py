@@ -47,7 +47,7 @@ from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, LightFieldNe
 
 FORMATS = (*COMPRESSIONS, *GROUPED_PALETTES, "w8a8")
 FINETUNED_PALETTES = tuple(f"{compression}-finetuned" for compression in GROUPED_PALETTES)
-"""Stored like their k-means counterparts (same sizes), learnt on a trained student's pseudo views."""
+"""Stored like their k-means counterparts (same sizes), learnt by rendering what a trained student renders."""
 PAPER_FP16_MB = 8.3
 GOAL_4BIT_MB = 2.2
 GOAL_4BIT_PSNR_COST_DB = 0.3
@@ -262,7 +262,8 @@ def markdown(result: dict) -> str:
             f"`pose` exports on {costs['test_views']} test views (Core ML executed by the torch MIL interpreter, ONNX "
             f"by onnxruntime; int8 activations calibrated on {costs['calibration_views']} pseudo views). The torch "
             f"student scores {costs['torch_psnr_vs_test_images_db']:.2f} dB against the test images. -finetuned: "
-            f"the palettes learnt by fine-tuning on the student's pseudo views ({costs['palette_training']}), "
+            "the palettes learnt by fine-tuning, palettes in the loop, to render what the float student renders at "
+            f"its pseudo views' poses ({costs['palette_training']}), "
             "stored like the k-means palettes of the same name (the same sizes on the paper network).",
             "",
             "| format | weights | size MB | PSNR vs test images dB | cost vs fp16 dB | PSNR vs torch dB | max abs RGB "

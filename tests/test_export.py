@@ -569,7 +569,7 @@ def test_palette_holds_at_most_its_entries_per_group_and_passes_gradients_straig
 def test_finetuned_palettes_are_stored_exactly_and_beat_kmeans_palettes(
     coreml_files: CoreMLFiles, student: Student, frame: ExportFrame, tmp_path: Path
 ) -> None:
-    """palettize2-g16-finetuned through the export: the student learns 2-bit palettes on its pseudo views; the
+    """palettize2-g16-finetuned through the export: the student learns 2-bit palettes at its pseudo views; the
     package stores them as they are (verification: every large weight a 2-bit palette per 16 channels) and renders
     closer to the student than k-means palettes of its trained weights; without the cache, one line says why."""
     from nerfstudio_mobile.export.palette_training import PaletteTraining
@@ -630,8 +630,9 @@ def test_network_with_palette_values_is_stored_as_exactly_those_palettes(tmp_pat
 
 @pytest.mark.unit
 def test_palette_finetuning_learns_palettes_closer_to_the_network_than_kmeans(tmp_path: Path) -> None:
-    """Fine-tuned on pseudo views of what the float network renders, 2-bit palettes per 16 channels reproduce it
-    better than k-means palettes of its weights, and each palettized weight holds at most 4 values per group."""
+    """Fine-tuned at its pseudo views' poses, 2-bit palettes per 16 channels reproduce what the float network
+    renders better than k-means palettes of its weights (the target is the network, not the views' pixels: here
+    noise), and each palettized weight holds at most 4 values per group."""
     from types import SimpleNamespace
 
     from nerfstudio.cameras.camera_utils import viewmatrix
@@ -663,8 +664,9 @@ def test_palette_finetuning_learns_palettes_closer_to_the_network_than_kmeans(tm
 
     truth = renders(model.network)
     cache = PseudoViewCache(tmp_path / "views", meta)
+    noise = torch.rand(truth["rgb"].shape, generator=torch.Generator().manual_seed(1))
     for index in range(meta.num_views):
-        cache.write(index, truth["rgb"][index], truth["depth"][index, ..., 0], c2w[index])
+        cache.write(index, noise[index], truth["depth"][index, ..., 0], c2w[index])
     weights = weight_format("palettize2-g16-finetuned")
     student = SimpleNamespace(model=model, pseudo_views=cache.root)
     finetuned = palette_finetuned(student, weights, PaletteTraining(steps=60, views_per_step=4, lr=1e-3))  # type: ignore[arg-type]

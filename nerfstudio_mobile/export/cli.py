@@ -3,7 +3,7 @@
     ns-export-mobile coreml --load-config outputs/<scene>/mobile-r2l/<run>/config.yml --output-dir exports/
     ns-export-mobile coreml ... --input-modes pose --compressions none palettize4
     ns-export-mobile coreml ... --compressions palettize4-g16 palettize3-g16 w8a8
-    ns-export-mobile coreml ... --compressions palettize2-g16-finetuned --palette-training.steps 300
+    ns-export-mobile coreml ... --compressions palettize3-g16-finetuned --palette-training.steps 300
     ns-export-mobile onnx --load-config ... --output-dir exports-onnx/ --quantize none int8
 
 Every file is read back and executed (Core ML: by a torch interpreter of its ML program, since Core ML runs
@@ -108,11 +108,11 @@ class CoreMLExport(ExportMobile):
     compressions: tuple[Compression, ...] = ("none",)
     """Weight formats, one package each: none (fp16), int8, palettize8, palettize6, palettize4 (k-means, one palette
     per tensor; iOS 16); palettize<n>-g<size> (one palette per <size> output channels, n = 8, 6, 4, 3, 2, e.g.
-    palettize4-g16; iOS 18); either palette with -finetuned (e.g. palettize2-g16-finetuned: the student fine-tuned
-    on its pseudo views with the palettes in the loop instead of clustering its trained weights); w8a8 (int8 weights and
+    palettize4-g16; iOS 18); either palette with -finetuned (e.g. palettize3-g16-finetuned: the palettes learnt, in
+    the loop, by rendering what the student renders, instead of clustering its trained weights); w8a8 (int8 weights and
     activations, the Neural Engine's int8 path; iOS 17)."""
     palette_training: PaletteTraining = field(default_factory=PaletteTraining)
-    """Fine-tuning of the -finetuned palettes (on the student's pseudo-view cache, no teacher renders)."""
+    """Fine-tuning of the -finetuned palettes (at the poses of the student's pseudo-view cache, no teacher renders)."""
 
     def require_dependencies(self) -> None:
         from nerfstudio_mobile.export import coreml, coreml_verify  # noqa: F401

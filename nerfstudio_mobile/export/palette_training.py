@@ -2,9 +2,11 @@
 
 Palettizing a trained network rounds each large weight to the nearest of 2^n values (k-means per weight tensor
 or per group of output channels), an error the network never saw: at 3 and 2 bits it costs a trained student
-1 to 3 dB. Here the BN-folded network (the weights the package stores) trains on its own pseudo views, with the
-student's loss, while the forward pass uses every compressed weight's palette value (a straight-through
-gradient reaches the latent weight) and the palettes are refitted by 1-D k-means (Lloyd) at every step. The
+1 to 3 dB. Here the BN-folded network (the weights the package stores) learns to render what the float student
+renders, at the poses of its pseudo views and with the student's loss, while the forward pass uses every compressed
+weight's palette value (a straight-through gradient reaches the latent weight) and the palettes are refitted by
+1-D k-means (Lloyd) at every step. The float student is the target, not the pseudo views' pixels: those would
+undo what the student learnt after them (its finish on the real images) and cost more than k-means at 4 bits. The
 result holds at most 2^n distinct values per group, so the Core ML export stores them as they are ("unique"
 palettization) instead of clustering again. No teacher renders: the cache is the one the student learnt from.
 """
@@ -101,11 +103,12 @@ def palettized_layers(network: nn.Module, weights: WeightFormat) -> Iterator[tup
 
 
 def palette_finetuned(student: Student, weights: WeightFormat, settings: PaletteTraining) -> LightFieldNetwork:
-    """A BN-folded copy of the student's network fine-tuned on its pseudo views with `weights`' palettes in the
-    loop; its palettized weights hold at most 2^bits values per group."""
+    """A BN-folded copy of the student's network fine-tuned, with `weights`' palettes in the loop, to render what
+    the student renders at its pseudo views' poses; its palettized weights hold at most 2^bits values per group."""
     views = PseudoViewDataset(
         student_pseudo_views(student, "palette fine-tuning trains on", "export palettes without -finetuned")
     )
+    reference = fold_batchnorm(student.model.network).float().eval().requires_grad_(False)
     network = fold_batchnorm(student.model.network).float()
     layers = list(palettized_layers(network, weights))
     for layer, bits, axis in layers:
@@ -115,11 +118,15 @@ def palette_finetuned(student: Student, weights: WeightFormat, settings: Palette
     generator = torch.Generator().manual_seed(settings.seed)
     model, intrinsics = student.model, views.cache.meta.intrinsics
     label = f"{weights.bits}-bit palettes" + (f" per {weights.group_size} channels" if weights.group_size else "")
-    for _ in track(range(settings.steps), description=f"Fine-tuning {label} on {len(views)} pseudo views"):
+    for _ in track(range(settings.steps), description=f"Fine-tuning {label} at {len(views)} pseudo views' poses"):
         batch = views.sample(settings.views_per_step, generator)
         encoded, (height, width) = model.encode(intrinsics.cameras(batch.c2w), jitter=model.config.jitter)
         outputs = model.frame_outputs(model.run_network(encoded, network), height, width)
-        targets = {"image": batch.rgb.float() / 255.0, "depth": batch.depth.float()}
+        with torch.no_grad():
+            wanted = model.frame_outputs(model.run_network(encoded, reference), height, width)
+        targets = {"image": wanted["rgb"], "depth": batch.depth.float()}
+        if "depth" in wanted:  # the student's depth where its depth loss applies (the teacher saw a surface)
+            targets["depth"] = torch.where(batch.depth.float() > 0, wanted["depth"][..., 0], 0.0)
         loss = sum(model.get_loss_dict(outputs, targets).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -23,7 +23,7 @@ OnnxWeights = Literal["none", "int8"]
 Compression = str
 """A Core ML weight format, as `--compressions` names it: none (fp16), int8 (weights), palettize8|6|4 (one k-means
 palette per weight tensor), palettize<n>-g<size> (one palette per group of <size> output channels, n = 8, 6, 4, 3
-or 2; iOS 18), either with a -finetuned suffix (palettes learnt by fine-tuning on the pseudo views, see
+or 2; iOS 18), either with a -finetuned suffix (palettes learnt by fine-tuning to match the student, see
 palette_training), w8a8 (int8 weights and int8 activations; iOS 17)."""
 COMPRESSIONS: tuple[Compression, ...] = ("none", "int8", "palettize8", "palettize6", "palettize4")
 """The iOS 16 formats."""
