@@ -14,6 +14,11 @@ from pathlib import Path
 os.environ["TORCH_HOME"] = tempfile.mkdtemp(prefix="nerfstudio-mobile-torch-home-")
 atexit.register(shutil.rmtree, os.environ["TORCH_HOME"], ignore_errors=True)
 
+# Under xdist (`-n 2`) each worker, and every command it starts, keeps to one thread: two workers with two threads
+# each would fight over two cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest  # noqa: E402
 from support import (  # noqa: E402
     STUDENT_ARGS,
