@@ -124,7 +124,7 @@ def palette_finetuned(student: Student, weights: WeightFormat, settings: Palette
         outputs = model.frame_outputs(model.run_network(encoded, network), height, width)
         with torch.no_grad():
             wanted = model.frame_outputs(model.run_network(encoded, reference), height, width)
-        targets = {"image": wanted["rgb"], "depth": batch.depth.float()}
+        targets = {"image": wanted["rgb"]}
         if "depth" in wanted:  # the student's depth where its depth loss applies (the teacher saw a surface)
             targets["depth"] = torch.where(batch.depth.float() > 0, wanted["depth"][..., 0], 0.0)
         loss = sum(model.get_loss_dict(outputs, targets).values())
