@@ -493,7 +493,11 @@ def test_compression_names_parse_or_are_refused(
     assert weight_format("w8a8") == WeightFormat("w8a8", 8)
     assert weight_format("palettize2-g16-finetuned") == WeightFormat("palette", 2, 16, finetuned=True)
     assert weight_format("palettize4-finetuned") == WeightFormat("palette", 4, finetuned=True)
-    for name in ("palettize3", "palettize5-g16", "palettize4-g0", "int4", "palettize2-g16-tuned", "w8a8-finetuned"):
+    assert weight_format("palettize2.4-g16-finetuned") == WeightFormat("palette", 2, 16, True, mean_bits=2.4)
+    refused = ("palettize3", "palettize5-g16", "palettize4-g0", "int4", "palettize2-g16-tuned", "w8a8-finetuned",
+               "palettize2.4-g16", "palettize2.4-finetuned", "palettize4.5-g16-finetuned",
+               "palettize2.0-g16-finetuned")  # fmt: skip
+    for name in refused:
         with pytest.raises(CompressionError, match="not a weight format"):
             weight_format(name)
     argv = ["coreml", "--load-config", str(tmp_path / "config.yml"), "--compressions", "none", "palettize3"]
@@ -571,15 +575,20 @@ def test_finetuned_palettes_are_stored_exactly_and_beat_kmeans_palettes(
 ) -> None:
     """palettize2-g16-finetuned through the export: the student learns 2-bit palettes at its pseudo views; the
     package stores them as they are (verification: every large weight a 2-bit palette per 16 channels) and renders
-    closer to the student than k-means palettes of its trained weights; without the cache, one line says why."""
+    closer to the student than k-means palettes of its trained weights; mixed 2/3-bit palettes (2.5 on average)
+    render closer still, in a package smaller than the 3-bit one; without the cache, one line says why."""
     from nerfstudio_mobile.export.palette_training import PaletteTraining
 
     training = PaletteTraining(steps=80, views_per_step=2)
-    [finetuned] = export_coreml_files(student, frame, ["pose"], ["palettize2-g16-finetuned"], tmp_path, 1, training)
+    compressions = ["palettize2-g16-finetuned", "palettize2.5-g16-finetuned"]
+    finetuned, mixed = export_coreml_files(student, frame, ["pose"], compressions, tmp_path, 1, training)
     assert finetuned.verification.passed, finetuned.verification.failures
+    assert mixed.verification.passed, mixed.verification.failures
     kmeans = coreml_files["pose", "palettize2-g16"]
     assert finetuned.size_bytes <= kmeans.size_bytes * 1.02
     assert finetuned.verification.fidelity.psnr > kmeans.verification.fidelity.psnr
+    assert mixed.size_bytes < coreml_files["pose", "palettize3-g16"].size_bytes
+    assert mixed.verification.fidelity.psnr > finetuned.verification.fidelity.psnr
     with pytest.raises(CalibrationError, match="palette fine-tuning trains on the student's pseudo views"):
         export_coreml_files(
             dataclasses.replace(student, pseudo_views=None), frame, ["pose"], ["palettize2-g16-finetuned"],
@@ -591,26 +600,21 @@ def test_finetuned_palettes_are_stored_exactly_and_beat_kmeans_palettes(
 def test_network_with_palette_values_is_stored_as_exactly_those_palettes(tmp_path: Path) -> None:
     """What `palette_finetuned` hands to the Core ML export (weights holding 2^n values per 16 output channels)
     becomes n-bit palettes holding exactly those values: the package computes what that network computes."""
-    from torch.nn.utils import parametrize
-
     from nerfstudio_mobile.common.intrinsics import Intrinsics
     from nerfstudio_mobile.common.metrics import psnr
     from nerfstudio_mobile.export import coreml
     from nerfstudio_mobile.export.coreml_verify import check_weights
     from nerfstudio_mobile.export.mil import read_package, run_program
-    from nerfstudio_mobile.export.palette_training import Palette, palettized_layers
+    from nerfstudio_mobile.export.palette_training import round_to_palettes
     from nerfstudio_mobile.export.sidecar import sidecar
     from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig
     from nerfstudio_mobile.mobile_r2l.network import fold_batchnorm
 
     torch.manual_seed(0)
     config = LightFieldNetworkConfig(in_channels=RayEncodingConfig().num_channels, width=64, num_blocks=1)
-    network = fold_batchnorm(LightFieldNetwork(config))
     compression = "palettize2-g16-finetuned"
     weights = weight_format(compression)
-    for layer, bits, axis in palettized_layers(network, weights):
-        parametrize.register_parametrization(layer, "weight", Palette(layer.weight, bits, weights.group_size, axis))
-        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+    network = round_to_palettes(fold_batchnorm(LightFieldNetwork(config)), weights)
     identity = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0))
     output = Intrinsics(40.0, 40.0, 24.0, 24.0, 48, 48)
     frame = ExportFrame(output, config, RayEncodingConfig(), 2.0, 6.0, identity, 1.0)
@@ -626,6 +630,61 @@ def test_network_with_palette_values_is_stored_as_exactly_those_palettes(tmp_pat
         expected = graph(rays)[0][0].permute(1, 2, 0)
     stored = run_program(package.main, {"rays": rays})["rgb"][0].permute(1, 2, 0).float()
     assert psnr(expected, stored) > 40  # fp16 rounding only, no clustering error
+
+
+@pytest.mark.unit
+def test_mixed_palettes_widen_the_layers_that_cost_most_and_keep_to_their_mean(tmp_path: Path) -> None:
+    """palettize2.5-g16: 3 bits go to the layers where 2 bits cost the output most per weight (the network renders
+    closer to the float one than with no layer widened, or with as many weights widened on the other layers), the
+    package stores 2- or 3-bit palettes within 2.5 bits on average, and one with more 3-bit layers fails the check."""
+    from nerfstudio_mobile.common.intrinsics import Intrinsics
+    from nerfstudio_mobile.common.metrics import psnr
+    from nerfstudio_mobile.export import coreml
+    from nerfstudio_mobile.export.coreml_verify import check_weights
+    from nerfstudio_mobile.export.mil import read_package
+    from nerfstudio_mobile.export.palette_training import palettized_layers, round_to_palettes, wider_layers
+    from nerfstudio_mobile.export.sidecar import sidecar
+    from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig
+    from nerfstudio_mobile.mobile_r2l.network import fold_batchnorm
+
+    torch.manual_seed(0)
+    config = LightFieldNetworkConfig(in_channels=RayEncodingConfig().num_channels, width=64, num_blocks=2)
+    network = fold_batchnorm(LightFieldNetwork(config)).eval()
+    rays = torch.rand(2, config.in_channels, 8, 8)
+    compression = "palettize2.5-g16-finetuned"
+    weights = weight_format(compression)
+
+    def compressed_layers(net: LightFieldNetwork) -> list[torch.nn.Module]:
+        return [layer for layer, _, _ in palettized_layers(net, weights) if layer is not net.stem[0]]
+
+    def widened(positions: set[int]) -> LightFieldNetwork:
+        copy = fold_batchnorm(network)
+        return round_to_palettes(copy, weights, {compressed_layers(copy)[i] for i in positions}).eval()
+
+    sizes = [layer.weight.numel() for layer in compressed_layers(network)]
+    wider = wider_layers(network, weights, [rays])
+    chosen = {i for i, layer in enumerate(compressed_layers(network)) if layer in wider}
+    assert 0.25 < sum(sizes[i] for i in chosen) / sum(sizes) <= 0.5
+    others: set[int] = set()
+    for i in (i for i in range(len(sizes)) if i not in chosen):  # as many weights, on the layers not chosen
+        if sum(sizes[j] for j in others | {i}) <= sum(sizes[j] for j in chosen):
+            others.add(i)
+    with torch.no_grad():
+        reference = network(rays)
+        mixed, uniform, elsewhere = (float(psnr(reference, widened(p)(rays))) for p in (chosen, set(), others))
+    assert mixed > uniform + 1.0 and mixed > elsewhere + 0.5, (mixed, uniform, elsewhere)
+
+    identity = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0))
+    output = Intrinsics(40.0, 40.0, 24.0, 24.0, 48, 48)
+    frame = ExportFrame(output, config, RayEncodingConfig(), 2.0, 6.0, identity, 1.0)
+    for positions, problems in ((chosen, []), (set(range(len(sizes))), ["more than 2.5"])):
+        graph = export_graph(widened(positions), frame, "rays")
+        params = sum(p.numel() for p in graph.parameters())
+        converted = coreml.convert(graph, frame, "rays", coreml.conversion_target(weights))
+        path = tmp_path / f"{len(positions)}.mlpackage"
+        coreml.save(coreml.compress(converted, compression), path, sidecar(frame, "rays", compression, params, {}))
+        found = check_weights(read_package(path), params, weights)
+        assert len(found) == len(problems) and all(p in f for p, f in zip(problems, found, strict=True)), found
 
 
 @pytest.mark.unit

@@ -109,7 +109,9 @@ class CoreMLExport(ExportMobile):
     """Weight formats, one package each: none (fp16), int8, palettize8, palettize6, palettize4 (k-means, one palette
     per tensor; iOS 16); palettize<n>-g<size> (one palette per <size> output channels, n = 8, 6, 4, 3, 2, e.g.
     palettize4-g16; iOS 18); either palette with -finetuned (e.g. palettize3-g16-finetuned: the palettes learnt, in
-    the loop, by rendering what the student renders, instead of clustering its trained weights); w8a8 (int8 weights and
+    the loop, by rendering what the student renders, instead of clustering its trained weights);
+    palettize<n>.<f>-g<size>-finetuned (mixed, e.g. palettize2.4-g16-finetuned: n + 1 bits on the layers whose n-bit
+    palettes cost the rendering most per weight, n.<f> bits per weight on average); w8a8 (int8 weights and
     activations, the Neural Engine's int8 path; iOS 17)."""
     palette_training: PaletteTraining = field(default_factory=PaletteTraining)
     """Fine-tuning of the -finetuned palettes (at the poses of the student's pseudo-view cache, no teacher renders)."""

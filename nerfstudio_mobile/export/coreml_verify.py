@@ -143,17 +143,27 @@ def expected_storage(op: Operation, index: int, weights: WeightFormat) -> Storag
 
 def check_weights(package: Package, params: int, weights: WeightFormat) -> list[str]:
     """Every conv weight and bias of the student is there (counted against its parameters) and stored as
-    `weights` says (`expected_storage`)."""
+    `weights` says (`expected_storage`; a mixed format's layers at its bits or one more, within its mean)."""
     problems = []
     convs = [op for op in package.main.operations if op.op_type in NETWORK_ENTRY_OPS]
     stored = sum(math.prod(op.inputs["weight"].shape) for op in convs)
     stored += sum(math.prod(op.inputs["bias"].shape) for op in convs if "bias" in op.inputs)
     if stored != params:
         problems.append(f"the package holds {stored:,} conv parameters, the folded student {params:,}")
+    palettes = []  # (elements, bits) of every palettized weight but the stem's
     for index, op in enumerate(convs):
         storage, expected = _weight_storage(op), expected_storage(op, index, weights)
+        kind, bits, group = expected
+        if weights.mean_bits is not None and index > 0 and storage == (kind, bits + 1, group):
+            expected = storage  # a mixed format's wider layer
         if storage != expected:
             problems.append(f"{op.op_type} ({op.name}) weight stored as {storage}, expected {expected}")
+        elif kind == "palette" and index > 0:
+            palettes.append((math.prod(op.inputs["weight"].shape), storage[1]))
+    if weights.mean_bits is not None and palettes:
+        mean = sum(count * bits for count, bits in palettes) / sum(count for count, _ in palettes)
+        if mean > weights.mean_bits + 1e-9:
+            problems.append(f"palettes of {mean:.3f} bits per weight on average, more than {weights.mean_bits}")
     return problems
 
 

@@ -9,11 +9,14 @@ weight's palette value (a straight-through gradient reaches the latent weight) a
 undo what the student learnt after them (its finish on the real images) and cost more than k-means at 4 bits. The
 result holds at most 2^n distinct values per group, so the Core ML export stores them as they are ("unique"
 palettization) instead of clustering again. No teacher renders: the cache is the one the student learnt from.
+
+Mixed formats (palettize2.4-g16-finetuned) give n + 1 bits to the layers where n bits cost the rendering most per
+weight: the small super-resolution convs lose as much as a 65k-weight block at a sixteenth of its size.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -35,6 +38,9 @@ COMPRESSION_MIN_ELEMENTS = 2048
 parameters."""
 INITIAL_LLOYD_ITERATIONS = 30
 """Lloyd iterations of the first fit, from quantiles; afterwards one per step from the previous palette."""
+SENSITIVITY_VIEWS, SENSITIVITY_GRID = 4, 32
+"""A mixed format measures what each layer's palettes cost the rendering on the central 32x32 rays of 4 pseudo
+views (twice per layer: a paper-size network at 100x100 rays would take minutes)."""
 
 
 @dataclass
@@ -91,15 +97,54 @@ class Palette(nn.Module):
         return channels_first.movedim(0, self.channel_axis) + (weight - weight.detach())
 
 
-def palettized_layers(network: nn.Module, weights: WeightFormat) -> Iterator[tuple[nn.Module, int, int]]:
+def palettized_layers(
+    network: nn.Module, weights: WeightFormat, wider: Collection[nn.Module] = ()
+) -> Iterator[tuple[nn.Module, int, int]]:
     """(layer, bits, output-channel axis) of every conv of a LightFieldNetwork that `compress` palettizes, as
-    coremltools picks them: weights of COMPRESSION_MIN_ELEMENTS elements or more, the stem at STEM_MIN_BITS or more
-    (a conv-transpose's output channels are its weight's axis 1)."""
+    coremltools picks them: weights of COMPRESSION_MIN_ELEMENTS elements or more, the stem at STEM_MIN_BITS or more,
+    the `wider` layers of a mixed format at one bit more (a conv-transpose's output channels: its weight's axis 1)."""
     stem = network.stem[0]
     for module in network.modules():
         if isinstance(module, nn.Conv2d | nn.ConvTranspose2d) and module.weight.numel() >= COMPRESSION_MIN_ELEMENTS:
-            bits = max(weights.bits, STEM_MIN_BITS) if module is stem else weights.bits
+            bits = weights.bits + 1 if module in wider else weights.bits
+            bits = max(bits, STEM_MIN_BITS) if module is stem else bits
             yield module, bits, 1 if isinstance(module, nn.ConvTranspose2d) else 0
+
+
+@torch.no_grad()
+def wider_layers(network: nn.Module, weights: WeightFormat, inputs: Sequence[Tensor]) -> set[nn.Module]:
+    """The layers a mixed format (`weights.mean_bits`) stores at one bit more: ranked by the output error that one
+    more bit of k-means palette removes per weight (each layer palettized alone, the network run on `inputs`),
+    taken greedily while the mean over the palettized layers but the stem stays within `mean_bits`."""
+    if weights.mean_bits is None:
+        return set()
+    layers = [entry for entry in palettized_layers(network, weights) if entry[0] is not network.stem[0]]
+    reference = [network(x) for x in inputs]
+
+    def error(layer: nn.Module, bits: int, axis: int) -> float:
+        weight = layer.weight.detach().clone()
+        layer.weight.copy_(Palette(weight, bits, weights.group_size, axis)(weight))
+        mse = sum(float(nn.functional.mse_loss(network(x), y)) for x, y in zip(inputs, reference, strict=True))
+        layer.weight.copy_(weight)
+        return mse
+
+    saved = {layer: (error(layer, bits, axis) - error(layer, bits + 1, axis)) / layer.weight.numel()
+             for layer, bits, axis in layers}  # fmt: skip
+    budget = (weights.mean_bits - weights.bits) * sum(layer.weight.numel() for layer, _, _ in layers)
+    wider: set[nn.Module] = set()
+    for layer in sorted(saved, key=saved.__getitem__, reverse=True):
+        if layer.weight.numel() <= budget:
+            wider.add(layer)
+            budget -= layer.weight.numel()
+    return wider
+
+
+def round_to_palettes(network: nn.Module, weights: WeightFormat, wider: Collection[nn.Module] = ()) -> nn.Module:
+    """`network` with every palettized weight replaced, in place, by its k-means palette values."""
+    for layer, bits, axis in palettized_layers(network, weights, wider):
+        parametrize.register_parametrization(layer, "weight", Palette(layer.weight, bits, weights.group_size, axis))
+        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+    return network
 
 
 def palette_finetuned(student: Student, weights: WeightFormat, settings: PaletteTraining) -> LightFieldNetwork:
@@ -110,14 +155,22 @@ def palette_finetuned(student: Student, weights: WeightFormat, settings: Palette
     )
     reference = fold_batchnorm(student.model.network).float().eval().requires_grad_(False)
     network = fold_batchnorm(student.model.network).float()
-    layers = list(palettized_layers(network, weights))
+    generator = torch.Generator().manual_seed(settings.seed)
+    model, intrinsics = student.model, views.cache.meta.intrinsics
+    wider: set[nn.Module] = set()
+    if weights.mean_bits is not None:
+        cameras = intrinsics.cameras(views.sample(SENSITIVITY_VIEWS, generator).c2w)
+        encoded = model.encode(cameras, jitter=False)[0]
+        top, left = (max(0, (size - SENSITIVITY_GRID) // 2) for size in encoded.shape[-2:])
+        crop = encoded[..., top : top + SENSITIVITY_GRID, left : left + SENSITIVITY_GRID]
+        wider = wider_layers(network, weights, [crop])
+    layers = list(palettized_layers(network, weights, wider))
     for layer, bits, axis in layers:
         parametrize.register_parametrization(layer, "weight", Palette(layer.weight, bits, weights.group_size, axis))
     optimizer = torch.optim.Adam(network.parameters(), lr=settings.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps)
-    generator = torch.Generator().manual_seed(settings.seed)
-    model, intrinsics = student.model, views.cache.meta.intrinsics
-    label = f"{weights.bits}-bit palettes" + (f" per {weights.group_size} channels" if weights.group_size else "")
+    bits = f"{weights.bits}" if weights.mean_bits is None else f"{weights.bits}/{weights.bits + 1}"
+    label = f"{bits}-bit palettes" + (f" per {weights.group_size} channels" if weights.group_size else "")
     for _ in track(range(settings.steps), description=f"Fine-tuning {label} at {len(views)} pseudo views' poses"):
         batch = views.sample(settings.views_per_step, generator)
         encoded, (height, width) = model.encode(intrinsics.cameras(batch.c2w), jitter=model.config.jitter)

@@ -24,14 +24,17 @@ Compression = str
 """A Core ML weight format, as `--compressions` names it: none (fp16), int8 (weights), palettize8|6|4 (one k-means
 palette per weight tensor), palettize<n>-g<size> (one palette per group of <size> output channels, n = 8, 6, 4, 3
 or 2; iOS 18), either with a -finetuned suffix (palettes learnt by fine-tuning to match the student, see
-palette_training), w8a8 (int8 weights and int8 activations; iOS 17)."""
+palette_training), palettize<n>.<f>-g<size>-finetuned (mixed: each layer's palettes at n or n + 1 bits, n.<f> bits
+per weight on average; fine-tuned), w8a8 (int8 weights and int8 activations; iOS 17)."""
 COMPRESSIONS: tuple[Compression, ...] = ("none", "int8", "palettize8", "palettize6", "palettize4")
 """The iOS 16 formats."""
 GROUPED_PALETTES: tuple[Compression, ...] = ("palettize4-g16", "palettize3-g16", "palettize2-g16")
 """Per-grouped-channel palettes at the group size that keeps 4 and 3 bits accurate (Apple: 8 to 16)."""
 PER_TENSOR_PALETTE_BITS = (8, 6, 4)
 GROUPED_PALETTE_BITS = (8, 6, 4, 3, 2)
-_PALETTE = re.compile(r"palettize(\d+)(?:-g(\d+))?(-finetuned)?")
+MIXED_PALETTES: tuple[Compression, ...] = ("palettize2.4-g16-finetuned",)
+"""2- and 3-bit palettes per 16 channels, 2.4 bits per weight on average: a paper-network package under 1.5 MB."""
+_PALETTE = re.compile(r"palettize(\d+)(?:\.(\d+))?(?:-g(\d+))?(-finetuned)?")
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,9 @@ class WeightFormat:
     """Palettes: output channels that share one look-up table; None: one table per weight tensor."""
     finetuned: bool = False
     """Palettes learnt by fine-tuning the student with them in the loop (else k-means of the trained weights)."""
+    mean_bits: float | None = None
+    """Mixed palettes: each layer at `bits` or `bits` + 1, this many bits per weight on average over the palettized
+    layers but the stem (None: every layer at `bits`)."""
 
 
 def weight_format(compression: Compression) -> WeightFormat:
@@ -55,16 +61,22 @@ def weight_format(compression: Compression) -> WeightFormat:
         return WeightFormat(compression, 8)
     match = _PALETTE.fullmatch(compression)
     if match:
-        bits, group, finetuned = int(match.group(1)), match.group(2), match.group(3) is not None
-        if group is None and bits in PER_TENSOR_PALETTE_BITS:
+        bits, fraction, group, finetuned = int(match.group(1)), match.group(2), match.group(3), bool(match.group(4))
+        if fraction is None and group is None and bits in PER_TENSOR_PALETTE_BITS:
             return WeightFormat("palette", bits, finetuned=finetuned)
-        if group is not None and bits in GROUPED_PALETTE_BITS and int(group) > 0:
+        if fraction is None and group is not None and bits in GROUPED_PALETTE_BITS and int(group) > 0:
             return WeightFormat("palette", bits, int(group), finetuned)
+        mixable = bits in GROUPED_PALETTE_BITS and bits + 1 in GROUPED_PALETTE_BITS and finetuned
+        if fraction is not None and int(fraction) > 0 and mixable and group is not None and int(group) > 0:
+            return WeightFormat("palette", bits, int(group), finetuned, float(f"{bits}.{fraction}"))
+    mixable = sorted(bits for bits in GROUPED_PALETTE_BITS if bits + 1 in GROUPED_PALETTE_BITS)
     raise CompressionError(
         f"--compressions {compression!r} is not a weight format: pass none, int8, w8a8, "
         f"palettize{{{','.join(map(str, PER_TENSOR_PALETTE_BITS))}}} (one palette per tensor) or "
         f"palettize{{{','.join(map(str, GROUPED_PALETTE_BITS))}}}-g<size> (one palette per <size> output "
-        "channels, e.g. palettize4-g16), either with -finetuned (palettes learnt on the pseudo views)."
+        "channels, e.g. palettize4-g16), either with -finetuned (palettes learnt on the pseudo views), or "
+        f"palettize{{{','.join(map(str, mixable))}}}.<f>-g<size>-finetuned (n or n + 1 bits per layer, n.<f> on "
+        "average, e.g. palettize2.4-g16-finetuned)."
     )
 
 
