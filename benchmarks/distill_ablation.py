@@ -62,6 +62,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "demo-now": ("the demo's recipe now: width 256, 8 blocks, lr 5e-3 (the defaults of `ns-mobile-demo`)", {}),
     "no-jitter": ("now, without jittered depths along the rays in training", {"model.jitter": False}),
     "no-depth-loss": ("now, without the distilled-depth loss", {"model.depth_loss_weight": 0.0}),
+    "near-background": (
+        "now, the depth loss skipping the pixels where the teacher saw no surface (the recipe before: the student's "
+        "depth of the empty background is free, and came out near)",
+        {"model.far_where_no_surface": False},
+    ),
     "edge-loss-0.05": (
         "now, plus an L1 loss on pixel differences along x and y, weight 0.05",
         {"model.edge_loss_weight": 0.05},

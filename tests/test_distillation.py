@@ -22,7 +22,7 @@ from nerfstudio_mobile.mobile_r2l.datamanager import (
     PseudoViewDataManagerConfig,
     build_pseudo_view_cache,
 )
-from nerfstudio_mobile.mobile_r2l.model import MobileR2LModelConfig
+from nerfstudio_mobile.mobile_r2l.model import MobileR2LModel, MobileR2LModelConfig
 from nerfstudio_mobile.mobile_r2l.near_plane import geometric_near_range
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetworkConfig
 from nerfstudio_mobile.mobile_r2l.optimization import WarmupStepDecaySchedulerConfig
@@ -255,6 +255,28 @@ def test_depth_outliers_of_a_contracted_teacher_cannot_outweigh_its_surfaces() -
     assert depth_loss(0.05) < model.config.depth_loss_weight  # floaters only: 20× off
     (gradient,) = torch.autograd.grad(depth_loss(1.1), predicted)
     assert (gradient < 0).all()  # 10 % short: pushed further
+
+
+@pytest.mark.parametrize("far_where_no_surface", [True, False])
+def test_an_empty_background_is_learnt_at_the_far_plane(far_where_no_surface: bool) -> None:
+    """Where the teacher saw no surface (depth 0 in the cache) a bounded scene's student learns the far plane (by
+    default), so its depth map does not put the empty background in front of the scene; off, those pixels are
+    skipped. A contracted scene skips them either way."""
+    config = MobileR2LModelConfig(network=LightFieldNetworkConfig(width=16, num_blocks=1),
+                                  far_where_no_surface=far_where_no_surface)  # fmt: skip
+    scene_box = SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3]))
+    bounded = config.setup(scene_box=scene_box, num_train_data=1, metadata={"mobile_r2l": {"near_far": (2.0, 6.0)}})
+    unbounded = {"mobile_r2l": {"near_far": (0.4, 1000.0), "ray_space": "contracted"}}
+    contracted = config.setup(scene_box=scene_box, num_train_data=1, metadata=unbounded)
+    batch = {"image": torch.zeros(1, 1, 2, 3), "depth": torch.tensor([[[3.0, 0.0]]])}  # a surface, then nothing
+
+    def depth_loss(model: MobileR2LModel, background: float) -> float:
+        outputs = {"rgb": torch.zeros(1, 1, 2, 3), "depth": torch.tensor([[[[3.0], [background]]]])}
+        return float(model.get_loss_dict(outputs, batch)["depth_loss"])
+
+    assert depth_loss(bounded, 6.0) == 0.0
+    assert (depth_loss(bounded, 2.5) > 0.0) == far_where_no_surface  # the background drawn near
+    assert depth_loss(contracted, 1000.0) == depth_loss(contracted, 1.0) == 0.0
 
 
 def test_the_edge_loss_charges_a_blur_that_mse_forgives() -> None:

@@ -41,6 +41,12 @@ class MobileR2LModelConfig(ModelConfig):
     """Backbone and super-resolution (input channels follow the encoding; upscale factors the scene layout)."""
     depth_loss_weight: float = 0.1
     """Weight of the distilled-depth loss (depth / far, on pixels where the teacher saw a surface)."""
+    far_where_no_surface: bool = True
+    """In a bounded scene, the depth loss also asks for the far plane where the teacher saw no surface (the cache's
+    depth 0): without it the student's depth of an empty background is unconstrained and came out near, in front of
+    the scene (benchmarks/results/distill_ablation_depth.md), which would hide everything behind it in an app that
+    occludes with it. A contracted scene keeps skipping those pixels (its far plane, 1000, is no target beside
+    surfaces metres away)."""
     edge_loss_weight: float = 0.0
     """Weight of an L1 loss between the frame's and the target's horizontal and vertical pixel differences: MSE
     alone forgives a blur, this term charges every edge the student smooths away (0: MSE only, as the paper; it lost
@@ -172,6 +178,8 @@ class MobileR2LModel(Model):
         if "depth" in batch and "depth" in outputs and self.config.depth_loss_weight > 0:
             target = batch["depth"].to(self.device)[..., None]
             surface = target > 0  # the cache stores 0 where the teacher saw no surface
+            if self.config.far_where_no_surface and self.encoding_config.space != "contracted":
+                target, surface = torch.where(surface, target, self.near_far[1]), torch.ones_like(surface)
             if self.encoding_config.space == "contracted":
                 # depths span the near plane to the far one (1000 for nerfacto): relative error, made robust
                 # (Geman-McClure, below 1 per pixel) since a floater at 5 cm before a 1 m surface would weigh
