@@ -357,13 +357,35 @@ def test_grouped_palettes_verify_on_ios18(coreml_files: CoreMLFiles, weights: st
     assert luts and all(op.inputs["lut"].shape[-2] == 2 ** weight_format(weights).bits for op in luts[1:])
 
 
+def stored_conv_weights(path: Path) -> list[torch.Tensor]:
+    """The dense weight of every conv / conv transpose of a `pose` package, as its program computes it."""
+    from nerfstudio_mobile.export.mil import read_package, run_program
+
+    package, values = read_package(path), {}
+    run_program(package.main, {"pose": torch.eye(4)[None]}, values.__setitem__)
+    convs = [op for op in package.main.operations if op.op_type in ("conv", "conv_transpose")]
+    weights = [op.inputs["weight"] for op in convs]
+    return [(values[w.name] if w.name in values else torch.as_tensor(w.val)).float() for w in weights]
+
+
 @pytest.mark.slow
 def test_fewer_palette_bits_give_smaller_grouped_packages(coreml_files: CoreMLFiles) -> None:
     palettes = [coreml_files["pose", weights] for weights in ("palettize4", *GROUPED_PALETTES)]
     sizes = [file.size_bytes for file in palettes[1:]]
     assert sizes == sorted(sizes, reverse=True)
-    # A palette per 16 channels fits the weights at least as well as one per tensor with the same bits.
-    assert palettes[1].verification.fidelity.psnr >= palettes[0].verification.fidelity.psnr - 1.0
+    # A palette per 16 channels fits the weights better than one per tensor with the same bits, over all the
+    # palettized weights (not layer by layer: k-means stops in local optima; nor in the rendering, where a few small
+    # layers weigh most: on the tests' student 4-bit per 16 channels has rendered up to 2 dB below per tensor).
+    from nerfstudio_mobile.export.palette_training import COMPRESSION_MIN_ELEMENTS
+
+    reference = stored_conv_weights(coreml_files["pose", "fp16"].path)
+
+    def weight_error(weights: str) -> float:
+        stored = stored_conv_weights(coreml_files["pose", weights].path)
+        pairs = [(q, w) for q, w in zip(stored, reference, strict=True) if w.numel() >= COMPRESSION_MIN_ELEMENTS]
+        return sum(float(((q - w) ** 2).sum()) for q, w in pairs) / sum(float((w**2).sum()) for _, w in pairs)
+
+    assert weight_error("palettize4-g16") < weight_error("palettize4")
 
 
 @pytest.mark.slow
