@@ -40,7 +40,8 @@ class MobileR2LModelConfig(ModelConfig):
     network: LightFieldNetworkConfig = field(default_factory=LightFieldNetworkConfig)
     """Backbone and super-resolution (input channels follow the encoding; upscale factors the scene layout)."""
     depth_loss_weight: float = 0.1
-    """Weight of the distilled-depth loss (depth / far, on pixels where the teacher saw a surface)."""
+    """Weight of the distilled-depth loss (depth / far, on pixels where the teacher saw a surface, and on the
+    others by `far_where_no_surface`)."""
     far_where_no_surface: bool = True
     """In a bounded scene, the depth loss also asks for the far plane where the teacher saw no surface (the cache's
     depth 0): without it the student's depth of an empty background is unconstrained and came out near, in front of
