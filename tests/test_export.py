@@ -359,11 +359,12 @@ def test_grouped_palettes_verify_on_ios18(coreml_files: CoreMLFiles, weights: st
 
 def stored_conv_weights(path: Path) -> list[torch.Tensor]:
     """The dense weight of every conv / conv transpose of a `pose` package, as its program computes it."""
+    from nerfstudio_mobile.export.coreml import NETWORK_ENTRY_OPS
     from nerfstudio_mobile.export.mil import read_package, run_program
 
     package, values = read_package(path), {}
     run_program(package.main, {"pose": torch.eye(4)[None]}, values.__setitem__)
-    convs = [op for op in package.main.operations if op.op_type in ("conv", "conv_transpose")]
+    convs = [op for op in package.main.operations if op.op_type in NETWORK_ENTRY_OPS]
     weights = [op.inputs["weight"] for op in convs]
     return [(values[w.name] if w.name in values else torch.as_tensor(w.val)).float() for w in weights]
 
