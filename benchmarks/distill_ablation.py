@@ -40,10 +40,11 @@ from nerfstudio_mobile.common.runs import load_run
 from nerfstudio_mobile.demo.demo import Demo
 
 # The demo's recipe up to 0.2. The first variants change one knob of it; those after "demo-now" one knob of the
-# recipe it led to (the demo's defaults now).
-OLD_RECIPE: dict[str, Any] = {"network.width": 64, "network.num_blocks": 6, "optimizer.lr": 2e-3}
-# name -> (what it changes, overrides as "<part>.<field>": value; parts: datamanager, network, optimizer, model,
-# encoding, demo)
+# recipe it led to (the learning rate still stepped down), those after "cosine" one knob of the demo's defaults now.
+STEP_DECAY: dict[str, Any] = {"scheduler.decay": "steps"}
+OLD_RECIPE: dict[str, Any] = {"network.width": 64, "network.num_blocks": 6, "optimizer.lr": 2e-3, **STEP_DECAY}
+# name -> (what it changes, overrides as "<part>.<field>": value; parts: datamanager, network, optimizer, scheduler,
+# model, encoding, sampler, demo)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "demo-0.2": ("the demo's recipe up to 0.2: paper 8× upscale, width 64 × 6 blocks, 100 whole views, lr 2e-3", {}),
     "upscale-4x": ("4× super-resolution (24² ray grid instead of 12²)", {"datamanager.upscale_factors": (1, 2, 2)}),
@@ -59,7 +60,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "400 half-side crops, 32 per step (the demo's pixels per step)",
         {"datamanager.crop_fraction": 0.5, "demo.pseudo_views": 400, "datamanager.images_per_batch": 32},
     ),
-    "demo-now": ("the demo's recipe now: width 256, 8 blocks, lr 5e-3 (the defaults of `ns-mobile-demo`)", {}),
+    "demo-now": (
+        "the demo's recipe before the cosine decay: width 256, 8 blocks, lr 5e-3 ×0.1 at 50% and 80% of the steps",
+        {},
+    ),
     "no-jitter": ("now, without jittered depths along the rays in training", {"model.jitter": False}),
     "no-depth-loss": ("now, without the distilled-depth loss", {"model.depth_loss_weight": 0.0}),
     "near-background": (
@@ -86,8 +90,23 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "now, zoom 1×, 2× or 4× on 300 pseudo views (about 100 at 1×, as demo-now)",
         {"datamanager.zoom_levels": (1.0, 2.0, 4.0), "demo.pseudo_views": 300},
     ),
+    "zero-init": (
+        "now, every residual block starting as the identity (its last BN scale 0)",
+        {"network.zero_init_residual": True},
+    ),
+    "quasi-random": (
+        "now, pseudo-view poses from a low-discrepancy sequence instead of independent draws",
+        {"sampler.quasi_random": True},
+    ),
+    "cosine": (
+        "now, a cosine learning-rate decay instead of steps (the defaults of `ns-mobile-demo` since)",
+        {"scheduler.decay": "cosine"},
+    ),
+    "cosine-quasi-random": ("cosine, and quasi-random poses", {"sampler.quasi_random": True}),
+    "cosine-lr-1e-2": ("cosine, from a peak learning rate of 1e-2", {"optimizer.lr": 1e-2}),
+    "zero-init-cosine": ("cosine, and zero-initialised blocks", {"network.zero_init_residual": True}),
 }
-NOW = list(VARIANTS).index("demo-now")
+NOW, COSINE = list(VARIANTS).index("demo-now"), list(VARIANTS).index("cosine")
 VIEWER_ZOOMS = (1, 2, 4)
 """Multiples of the training resolution the test poses are rendered at, by the teacher and by each student."""
 
@@ -125,7 +144,9 @@ class DistillAblation:
         self, root: Path, teacher: Path, name: str, frames: list[ViewerFrame], pictures: Path
     ) -> dict[str, Any]:
         description, changes = VARIANTS[name]
-        overrides = changes if list(VARIANTS).index(name) >= NOW else {**OLD_RECIPE, **changes}
+        index = list(VARIANTS).index(name)
+        base = {} if index > COSINE else STEP_DECAY if index >= NOW else OLD_RECIPE
+        overrides = {**base, **changes}
         demo_fields = {key.split(".", 1)[1]: value for key, value in overrides.items() if key.startswith("demo.")}
         config = Demo(output_dir=root, **demo_fields).student_config(teacher, root)
         config.experiment_name = f"student-{name}"
@@ -133,8 +154,10 @@ class DistillAblation:
             "datamanager": config.pipeline.datamanager,
             "network": config.pipeline.model.network,
             "optimizer": config.optimizers["network"]["optimizer"],
+            "scheduler": config.optimizers["network"]["scheduler"],
             "model": config.pipeline.model,
             "encoding": config.pipeline.model.encoding,
+            "sampler": config.pipeline.datamanager.sampler,
         }
         for key, value in overrides.items():
             part, field = key.split(".", 1)
@@ -221,8 +244,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Teacher: the demo's nas-nerf, {teacher['psnr']:.2f} dB / SSIM {teacher['ssim']:.3f} on the generated "
         "scene's test views (96×96). Each student above demo-now changes one thing from the demo's 0.2 recipe (1500 "
-        "steps, 8 views per step, the last 150 on the real training images), each below it one thing from demo-now; "
-        "'vs base' compares with that recipe. Train min includes rendering pseudo views not rendered before.",
+        "steps, 8 views per step, the last 150 on the real training images), each below it up to cosine one thing from "
+        "demo-now, each below cosine (the demo's defaults now) one thing from cosine; 'vs base' compares with that "
+        "recipe. Train min includes rendering pseudo views not rendered before.",
         "",
         f"vs teacher at 1× / 2× / 4×: the student's PSNR against the teacher on {result['viewer_poses']} test poses "
         "rendered at 1×, 2× and 4× the training resolution, as a viewer asks for larger frames (finer rays than any "
@@ -237,7 +261,8 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["variants"]:
-        base = rows.get("demo-now" if list(VARIANTS).index(row["name"]) > NOW else "demo-0.2", row)
+        index = list(VARIANTS).index(row["name"])
+        base = rows.get("cosine" if index > COSINE else "demo-now" if index > NOW else "demo-0.2", row)
         native, upsampled = (
             " / ".join(f"{row['vs_teacher_psnr'][policy][str(zoom)]:.2f}" for zoom in VIEWER_ZOOMS)
             for policy in ("native", "upsampled")

@@ -22,6 +22,7 @@ import tyro
 from common import RESULTS, SHARED_DATA, WORK, cpu_model, machine, write_results
 
 from nerfstudio_mobile.demo.demo import TEACHER, Demo
+from nerfstudio_mobile.mobile_r2l.configs import mobile_r2l_trainer
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetworkConfig
 
 DEFAULT_SIZE = {"lego": 128, "fern": 168, "fox": 128}
@@ -71,7 +72,8 @@ class DistillQuality:
         files = list(cache.glob("*.npz"))
         summary["pseudo_view_bytes"] = sum(f.stat().st_size for f in files) / len(files)
         summary["machine"], summary["cpu"] = machine(), cpu_model()
-        summary["setup"] = {**vars(self), "max_image_size": demo.max_image_size}
+        decay = mobile_r2l_trainer().optimizers["network"]["scheduler"].decay  # the demo's student schedule
+        summary["setup"] = {**vars(self), "max_image_size": demo.max_image_size, "student_decay": decay}
         results = sorted(RESULTS.glob(f"distill_{self.scene}*.json"))
         others = {path.stem: json.loads(path.read_text()) for path in results}
         others.pop(name, None)
@@ -79,6 +81,8 @@ class DistillQuality:
 
 
 RECIPE_KNOBS = ("teacher_steps", "student_steps", "pseudo_views", "student_width", "student_blocks", "student_lr")
+# Results from before the schedule was recorded: the learning rate then stepped down (the paper's).
+EARLIER_DECAY = "steps"
 
 
 def recipes_table(name: str, summary: dict, others: dict[str, dict]) -> str:
@@ -95,6 +99,7 @@ def recipes_table(name: str, summary: dict, others: dict[str, dict]) -> str:
 
     for key, result in sorted({**others, name: summary}.items(), key=lambda item: minutes(item[1])):
         setup = {knob: value for knob, value in result["setup"].items() if knob in RECIPE_KNOBS}
+        setup["student_decay"] = result["setup"].get("student_decay", EARLIER_DECAY)
         teacher, student = result["teacher"]["psnr"], result["student"]["psnr"]
         stage_minutes = {**result.get("stage_minutes", {}), **result.get("reused_stage_minutes", {})}
         teacher_minutes = stage_minutes.get(TEACHER)

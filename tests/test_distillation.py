@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from nerfstudio_mobile.common.metrics import image_metrics
 from nerfstudio_mobile.common.runs import load_run
 from nerfstudio_mobile.export.cli import CoreMLExport, OnnxExport
 from nerfstudio_mobile.mobile_r2l.cache import PseudoViewCache
+from nerfstudio_mobile.mobile_r2l.configs import mobile_r2l_trainer
 from nerfstudio_mobile.mobile_r2l.datamanager import (
     PseudoViewDataManager,
     PseudoViewDataManagerConfig,
@@ -300,17 +302,31 @@ def test_the_edge_loss_charges_a_blur_that_mse_forgives() -> None:
     assert float(blur_losses["edge_loss"]) > 0.05
 
 
-def test_learning_rate_warms_up_then_decays() -> None:
-    parameter = torch.nn.Parameter(torch.zeros(1))
-    optimizer = torch.optim.AdamW([parameter], lr=5e-4)
-    scheduler = WarmupStepDecaySchedulerConfig(max_steps=1000).setup().get_scheduler(optimizer, lr_init=5e-4)
+def learning_rates(config: WarmupStepDecaySchedulerConfig, peak: float = 5e-4) -> list[float]:
+    """The rate of each of `config.max_steps` steps."""
+    optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=peak)
+    scheduler = config.setup().get_scheduler(optimizer, lr_init=peak)
     rates = []
-    for _ in range(1000):
+    for _ in range(config.max_steps):
         rates.append(optimizer.param_groups[0]["lr"])
         optimizer.step()
         scheduler.step()
+    return rates
+
+
+def test_learning_rate_warms_up_then_steps_down() -> None:
+    rates = learning_rates(WarmupStepDecaySchedulerConfig(max_steps=1000))
     assert rates[0] == pytest.approx(1e-4) and rates[100] == pytest.approx(3e-4) and rates[200] == pytest.approx(5e-4)
     assert rates[499] == pytest.approx(5e-4) and rates[500] == pytest.approx(5e-5) and rates[999] == pytest.approx(5e-6)
+
+
+def test_cosine_decay_falls_smoothly_to_the_final_rate_of_the_steps() -> None:
+    rates = learning_rates(WarmupStepDecaySchedulerConfig(max_steps=1000, decay="cosine"))
+    assert rates[100] == pytest.approx(3e-4) and rates[200] == pytest.approx(5e-4)  # the same warm-up
+    assert rates[600] == pytest.approx((5e-4 + 5e-6) / 2)  # half-way down, half-way through the decay
+    assert all(later < earlier for earlier, later in itertools.pairwise(rates[200:]))
+    assert rates[999] == pytest.approx(5e-6, rel=1e-3)
+    assert mobile_r2l_trainer(1000).optimizers["network"]["scheduler"].decay == "cosine"
 
 
 @pytest.mark.unit

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 from nerfstudio_mobile.mobile_r2l.network import (
     LightFieldNetwork,
     LightFieldNetworkConfig,
+    ResidualBlock,
     count_macs,
     fold_batchnorm,
     prepare_for_inference,
@@ -52,6 +53,17 @@ def randomize_batchnorm(net: nn.Module) -> None:
             nn.init.uniform_(module.running_var, 0.5, 2.0)
             nn.init.uniform_(module.weight, 0.5, 1.5)
             nn.init.uniform_(module.bias, -0.2, 0.2)
+
+
+@pytest.mark.parametrize("zero_init", [False, True])
+def test_zero_initialised_blocks_start_as_the_identity(zero_init: bool) -> None:
+    """The option the ablation measured (results/distill_ablation_fit.md): each block's output is its input at first."""
+    net = LightFieldNetwork(tiny_config(zero_init_residual=zero_init)).train()
+    blocks = [module for module in net.modules() if isinstance(module, ResidualBlock)]
+    assert len(blocks) == 2 + 3 * 2  # the backbone's and the super-resolution stages'
+    for block in blocks:
+        x = torch.randn(2, block.body[0].in_channels, 3, 3)
+        assert torch.equal(block(x), x) == zero_init
 
 
 def test_fold_batchnorm_matches_eval_network() -> None:

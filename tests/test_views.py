@@ -86,29 +86,51 @@ def test_auto_layout_picks_sampler(rig, sampler_type) -> None:
     assert isinstance(make_view_sampler(PseudoViewSamplerConfig(), rig()), sampler_type)
 
 
+@pytest.mark.parametrize("quasi_random", [False, True])
 @pytest.mark.parametrize("layout", ["360", "forward-facing"])
-def test_pose_is_a_function_of_seed_and_index_only(layout) -> None:
+def test_pose_is_a_function_of_seed_and_index_only(layout, quasi_random) -> None:
     rig = hemisphere_rig() if layout == "360" else forward_facing_rig()
-    sampler = make_view_sampler(PseudoViewSamplerConfig(layout=layout, seed=7), rig)
+    config = PseudoViewSamplerConfig(layout=layout, seed=7, quasi_random=quasi_random)
+    sampler = make_view_sampler(config, rig)
     batch = sampler.poses(range(40))
     # Other batches, other orders, another fit of the same rig, and one at a time: identical bits.
-    refitted = make_view_sampler(PseudoViewSamplerConfig(layout=layout, seed=7), rig.clone())
+    refitted = make_view_sampler(config, rig.clone())
     assert torch.equal(refitted.poses([39, 3, 17]), batch[[39, 3, 17]])
     assert torch.equal(sampler.poses(list(range(39, -1, -1))), batch.flip(0))
     assert torch.equal(torch.stack([sampler.pose(i) for i in range(40)]), batch)
     assert len(torch.unique(batch.reshape(40, -1), dim=0)) == 40
-    other_seed = make_view_sampler(PseudoViewSamplerConfig(layout=layout, seed=8), rig)
+    other_seed = make_view_sampler(PseudoViewSamplerConfig(layout=layout, seed=8, quasi_random=quasi_random), rig)
     assert not torch.equal(other_seed.poses(range(40)), batch)
     assert sampler.poses([]).shape == (0, 3, 4)
 
 
+@pytest.mark.parametrize("quasi_random", [False, True])
 @pytest.mark.parametrize("layout", ["360", "forward-facing"])
-def test_json_round_trip_reproduces_poses(layout) -> None:
+def test_json_round_trip_reproduces_poses(layout, quasi_random) -> None:
     rig = hemisphere_rig() if layout == "360" else forward_facing_rig()
-    sampler = make_view_sampler(PseudoViewSamplerConfig(layout=layout, seed=3), rig)
-    rebuilt = view_sampler_from_dict(json.loads(json.dumps(sampler.to_dict())))
+    sampler = make_view_sampler(PseudoViewSamplerConfig(layout=layout, seed=3, quasi_random=quasi_random), rig)
+    state = sampler.to_dict()
+    assert ("quasi_random" in state) == quasi_random  # random poses: the identity caches had before the option
+    rebuilt = view_sampler_from_dict(json.loads(json.dumps(state)))
     assert rebuilt == sampler
     assert torch.equal(rebuilt.poses(range(10)), sampler.poses(range(10)))
+
+
+def test_quasi_random_views_spread_out_where_random_ones_clump() -> None:
+    """Each quasi-random view keeps farther from its nearest neighbour: a view budget covers more viewpoints."""
+
+    def nearest_neighbour_degrees(quasi_random: bool, seed: int) -> torch.Tensor:
+        config = PseudoViewSamplerConfig(layout="360", seed=seed, quasi_random=quasi_random)
+        sampler = make_view_sampler(config, hemisphere_rig())
+        offsets = sampler.poses(range(100))[:, :, 3].double() - torch.tensor(sampler.centre, dtype=F64)
+        directions = normalize(offsets, dim=-1)
+        degrees = torch.rad2deg(torch.arccos((directions @ directions.T).clamp(-1, 1)))
+        return degrees.fill_diagonal_(180).min(dim=1).values
+
+    for seed in range(3):
+        random, quasi = nearest_neighbour_degrees(False, seed), nearest_neighbour_degrees(True, seed)
+        assert quasi.mean() > 1.2 * random.mean()
+        assert quasi.min() > 2 * random.min()  # no two views nearly coincide
 
 
 def test_sphere_fit_recovers_rig() -> None:

@@ -216,10 +216,11 @@ def build_pseudo_view_cache(
     windows = f"-of{views.height}x{views.width}" if crops else ""
     if crops and crops.zoomed:
         windows += "-zoom" + "-".join(f"{zoom:g}" for zoom in crops.zooms)
+    quasi = "-quasi" if sampler.quasi_random else ""
     root = config.pseudo_view_dir or (
         Path(teacher_run.get_base_dir())
         / "pseudo_views"
-        / f"{sampler.layout}-{config.num_pseudo_views}-{height}x{width}{windows}-seed{sampler.seed}"
+        / f"{sampler.layout}-{config.num_pseudo_views}-{height}x{width}{windows}-seed{sampler.seed}{quasi}"
     )
     teacher: Teacher | None = None
     near_far = datamanager.near_far

@@ -47,6 +47,9 @@ class LightFieldNetworkConfig:
     """Per-stage upsampling: (2, 2, 2) = 8x for 360 scenes, (2, 2, 3) = 12x for forward-facing; 1 keeps the size."""
     predict_depth: bool = True
     """Add a fourth output channel with depth in scene units."""
+    zero_init_residual: bool = False
+    """Start every residual block as the identity (its last BN scale 0), as in Goyal et al.'s ResNet recipe (it cost
+    the demo's student PSNR: benchmarks/results/distill_ablation_fit.md)."""
 
     @property
     def upscale(self) -> int:
@@ -74,7 +77,7 @@ def conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
 class ResidualBlock(nn.Module):
     """x + BN(conv(GELU(BN(conv(x))))), all 1x1 convs at a fixed width."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, zero_init: bool = False) -> None:
         super().__init__()
         self.body = nn.Sequential(
             conv1x1(width, width),
@@ -83,16 +86,18 @@ class ResidualBlock(nn.Module):
             conv1x1(width, width),
             nn.BatchNorm2d(width),
         )
+        if zero_init:
+            nn.init.zeros_(self.body[-1].weight)
 
     def forward(self, x: Tensor) -> Tensor:
         return x + self.body(x)
 
 
-def upsample_stage(in_channels: int, out_channels: int, factor: int) -> nn.Sequential:
+def upsample_stage(in_channels: int, out_channels: int, factor: int, zero_init: bool) -> nn.Sequential:
     kernel, stride, padding = _UPSAMPLE_LAYERS[factor]
     return nn.Sequential(
         nn.ConvTranspose2d(in_channels, out_channels, kernel, stride, padding),
-        *(ResidualBlock(out_channels) for _ in range(_BLOCKS_PER_SR_STAGE)),
+        *(ResidualBlock(out_channels, zero_init) for _ in range(_BLOCKS_PER_SR_STAGE)),
     )
 
 
@@ -101,10 +106,11 @@ class LightFieldNetwork(nn.Module):
         super().__init__()
         self.config = config
         self.stem = nn.Sequential(conv1x1(config.in_channels, config.width), nn.GELU())
-        self.blocks = nn.Sequential(*(ResidualBlock(config.width) for _ in range(config.num_blocks)))
+        zero_init = config.zero_init_residual
+        self.blocks = nn.Sequential(*(ResidualBlock(config.width, zero_init) for _ in range(config.num_blocks)))
         stage_inputs = (config.width, *config.sr_channels[:-1])
         stages = zip(stage_inputs, config.sr_channels, config.upscale_factors, strict=True)
-        self.upsample = nn.Sequential(*(upsample_stage(c_in, c_out, s) for c_in, c_out, s in stages))
+        self.upsample = nn.Sequential(*(upsample_stage(c_in, c_out, s, zero_init) for c_in, c_out, s in stages))
         self.rgb_head = conv1x1(config.sr_channels[-1], 3)
         self.depth_head = conv1x1(config.sr_channels[-1], 1) if config.predict_depth else None
 

@@ -1,8 +1,11 @@
-"""MobileR2L's optimiser: AdamW, linear warm-up (1e-4 → 5e-4 over 200 steps), then step decay ×0.1."""
+"""MobileR2L's optimiser: AdamW, linear warm-up (1e-4 → 5e-4 over 200 steps), then a decay to 1% of the peak: the
+paper's steps (×0.1 twice) or, our default, a cosine (benchmarks/results/distill_ablation_fit.md)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from nerfstudio.engine.optimizers import OptimizerConfig
@@ -30,6 +33,9 @@ class WarmupStepDecaySchedulerConfig(SchedulerConfig):
     decay_at: tuple[float, ...] = (0.5, 0.8)
     """Fractions of max_steps where the learning rate is multiplied by gamma."""
     gamma: float = 0.1
+    decay: Literal["steps", "cosine"] = "steps"
+    """steps: x gamma at each of decay_at (the paper); cosine: from the peak down to the same final rate
+    (gamma ** len(decay_at)) along half a cosine (mobile-r2l's default)."""
 
 
 class WarmupStepDecayScheduler(Scheduler):
@@ -42,6 +48,10 @@ class WarmupStepDecayScheduler(Scheduler):
         def factor(step: int) -> float:
             if step < config.warmup_steps:
                 return (config.lr_pre_warmup + (lr_init - config.lr_pre_warmup) * step / config.warmup_steps) / lr_init
+            if config.decay == "cosine":
+                final = config.gamma ** len(milestones)
+                progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
+                return final + (1 - final) * (1 + math.cos(math.pi * progress)) / 2
             return config.gamma ** sum(step >= milestone for milestone in milestones)
 
         return LambdaLR(optimizer, lr_lambda=factor)

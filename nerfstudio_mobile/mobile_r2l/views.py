@@ -15,7 +15,7 @@ import hashlib
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -51,6 +51,19 @@ def view_seed(seed: int, index: int) -> int:
     """Seed of pseudo view `index`: a stable hash (not Python's per-process salted `hash`)."""
     digest = hashlib.blake2b(f"{seed}/{index}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little")
+
+
+def quasi_random_uniforms(seed: int, index: int, count: int) -> Tensor:
+    """Point `index` of Roberts' R_d sequence in [0, 1)^count (float64), shifted by an offset drawn from `seed`: the
+    first n points of it, for any n, spread over the cube evenly where n random draws leave gaps and clumps; each is
+    still a function of (seed, index) alone."""
+    ratio = 2.0  # the generalised golden ratio: the positive root of x^(count + 1) = x + 1
+    for _ in range(64):
+        ratio = (1 + ratio) ** (1 / (count + 1))
+    steps = torch.tensor([ratio ** -(k + 1) for k in range(count)], dtype=torch.float64)
+    generator = torch.Generator().manual_seed(view_seed(seed, 0) ^ _QUASI_RANDOM_SALT)
+    offset = torch.rand(count, generator=generator, dtype=torch.float64)
+    return torch.frac(offset + (index + 1) * steps)
 
 
 def view_directions(c2w: Tensor) -> Tensor:
@@ -101,13 +114,17 @@ class ViewSampler(ABC):
     # How many uniform random numbers one pose consumes.
     num_uniforms: ClassVar[int]
     seed: int
+    quasi_random: bool
 
     def pose(self, index: int) -> Tensor:
         """c2w [3, 4] float32 of pseudo view `index`."""
         if index < 0:
             raise ValueError(f"pseudo view indices are non-negative, got {index}")
-        generator = torch.Generator().manual_seed(view_seed(self.seed, index))
-        uniforms = torch.rand(self.num_uniforms, generator=generator, dtype=torch.float64)
+        if self.quasi_random:
+            uniforms = quasi_random_uniforms(self.seed, index, self.num_uniforms)
+        else:
+            generator = torch.Generator().manual_seed(view_seed(self.seed, index))
+            uniforms = torch.rand(self.num_uniforms, generator=generator, dtype=torch.float64)
         return self._pose_from_uniforms(uniforms).float()
 
     def poses(self, indices: Sequence[int]) -> Tensor:
@@ -118,8 +135,12 @@ class ViewSampler(ABC):
         return torch.stack([self.pose(index) for index in indices])
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fitted state (e.g. for a cache's meta); `view_sampler_from_dict` rebuilds it exactly."""
-        return {"layout": self.layout, **asdict(self)}
+        """JSON-ready fitted state (e.g. for a cache's meta); `view_sampler_from_dict` rebuilds it exactly. Random
+        poses leave `quasi_random` out, so caches made before it existed keep their identity."""
+        state = {"layout": self.layout, **asdict(self)}
+        if not self.quasi_random:
+            del state["quasi_random"]
+        return state
 
     @abstractmethod
     def _pose_from_uniforms(self, uniforms: Tensor) -> Tensor:
@@ -136,6 +157,7 @@ class SphereViewSampler(ViewSampler):
     radius_range: tuple[float, float]
     polar_mean_deg: float
     polar_std_deg: float
+    quasi_random: bool = False
 
     layout: ClassVar[Layout] = "360"
     num_uniforms: ClassVar[int] = 3
@@ -197,6 +219,7 @@ class ForwardFacingViewSampler(ViewSampler):
     direction_low: Vector3
     direction_high: Vector3
     up: Vector3
+    quasi_random: bool = False
 
     layout: ClassVar[Layout] = "forward-facing"
     num_uniforms: ClassVar[int] = 6
@@ -317,6 +340,7 @@ def check_crops(fraction: float, zooms: Sequence[float]) -> None:
 # without zoom is the one it had before zooms existed).
 _CROP_SALT = 0x5EED_C409
 _ZOOM_SALT = 0x5EED_2004
+_QUASI_RANDOM_SALT = 0x5EED_9A51
 
 
 @dataclass
@@ -327,6 +351,10 @@ class PseudoViewSamplerConfig:
     """With "auto", `detect_layout` picks from the training cameras."""
     seed: int = 0
     """Pose of view i is a function of (fitted sampler, seed, i) only."""
+    quasi_random: bool = False
+    """Poses from a low-discrepancy sequence (`quasi_random_uniforms`): any number of views covers the sampled
+    range evenly. Off: independent random draws, as the paper (even coverage did not pay at the demo's scale:
+    benchmarks/results/distill_ablation_fit.md)."""
     polar_std_deg: float | None = None
     """360 only: std of the polar angle from up, in degrees; None fits it to the training cameras."""
     box_scale: float = 1.1
@@ -336,9 +364,12 @@ class PseudoViewSamplerConfig:
 def make_view_sampler(config: PseudoViewSamplerConfig, train_c2w: Tensor) -> ViewSampler:
     """Fit the sampler `config` asks for to the teacher's training cameras [N, 3, 4] (or [N, 4, 4])."""
     layout = detect_layout(train_c2w) if config.layout == "auto" else config.layout
+    sampler: ViewSampler
     if layout == "360":
-        return SphereViewSampler.fit(train_c2w, seed=config.seed, polar_std_deg=config.polar_std_deg)
-    return ForwardFacingViewSampler.fit(train_c2w, seed=config.seed, box_scale=config.box_scale)
+        sampler = SphereViewSampler.fit(train_c2w, seed=config.seed, polar_std_deg=config.polar_std_deg)
+    else:
+        sampler = ForwardFacingViewSampler.fit(train_c2w, seed=config.seed, box_scale=config.box_scale)
+    return replace(sampler, quasi_random=config.quasi_random)
 
 
 def view_sampler_from_dict(state: dict[str, Any]) -> ViewSampler:
