@@ -105,6 +105,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "cosine-quasi-random": ("cosine, and quasi-random poses", {"sampler.quasi_random": True}),
     "cosine-lr-1e-2": ("cosine, from a peak learning rate of 1e-2", {"optimizer.lr": 1e-2}),
     "zero-init-cosine": ("cosine, and zero-initialised blocks", {"network.zero_init_residual": True}),
+    "cosine-finetune-300": (
+        "cosine, the last 300 steps on the real training images (20%, instead of 150)",
+        {"datamanager.finetune_steps": 300},
+    ),
 }
 NOW, COSINE = list(VARIANTS).index("demo-now"), list(VARIANTS).index("cosine")
 VIEWER_ZOOMS = (1, 2, 4)
