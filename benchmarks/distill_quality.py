@@ -21,8 +21,8 @@ from typing import Literal
 import tyro
 from common import RESULTS, SHARED_DATA, WORK, cpu_model, machine, write_results
 
+from nerfstudio_mobile.common.runs import read_run_config
 from nerfstudio_mobile.demo.demo import TEACHER, Demo
-from nerfstudio_mobile.mobile_r2l.configs import mobile_r2l_trainer
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetworkConfig
 
 DEFAULT_SIZE = {"lego": 128, "fern": 168, "fox": 128}
@@ -72,7 +72,8 @@ class DistillQuality:
         files = list(cache.glob("*.npz"))
         summary["pseudo_view_bytes"] = sum(f.stat().st_size for f in files) / len(files)
         summary["machine"], summary["cpu"] = machine(), cpu_model()
-        decay = mobile_r2l_trainer().optimizers["network"]["scheduler"].decay  # the demo's student schedule
+        student = read_run_config(next((work.resolve() / "runs" / "student").rglob("config.yml")))
+        decay = student.optimizers["network"]["scheduler"].decay  # what the student trained with (a resumed run's)
         summary["setup"] = {**vars(self), "max_image_size": demo.max_image_size, "student_decay": decay}
         results = sorted(RESULTS.glob(f"distill_{self.scene}*.json"))
         others = {path.stem: json.loads(path.read_text()) for path in results}
