@@ -40,8 +40,10 @@ from nerfstudio_mobile.common.runs import load_run
 from nerfstudio_mobile.demo.demo import Demo
 
 # The demo's recipe up to 0.2. The first variants change one knob of it; those after "demo-now" one knob of the
-# recipe it led to (the learning rate still stepped down), those after "cosine" one knob of the demo's defaults now.
-STEP_DECAY: dict[str, Any] = {"scheduler.decay": "steps"}
+# recipe it led to (the learning rate still stepped down), those after "cosine" one knob of the recipe with the cosine
+# decay (its real-image fine-tuning the last tenth of the steps; the demo's defaults now fine-tune the last fifth).
+FINETUNE_TENTH: dict[str, Any] = {"demo.student_finetune_fraction": 0.1}
+STEP_DECAY: dict[str, Any] = {"scheduler.decay": "steps", **FINETUNE_TENTH}
 OLD_RECIPE: dict[str, Any] = {"network.width": 64, "network.num_blocks": 6, "optimizer.lr": 2e-3, **STEP_DECAY}
 # name -> (what it changes, overrides as "<part>.<field>": value; parts: datamanager, network, optimizer, scheduler,
 # model, encoding, sampler, demo)
@@ -106,8 +108,17 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "cosine-lr-1e-2": ("cosine, from a peak learning rate of 1e-2", {"optimizer.lr": 1e-2}),
     "zero-init-cosine": ("cosine, and zero-initialised blocks", {"network.zero_init_residual": True}),
     "cosine-finetune-300": (
-        "cosine, the last 300 steps on the real training images (20%, instead of 150)",
+        "cosine, the last 300 steps on the real training images (20%, instead of 150; the demo's default since)",
         {"datamanager.finetune_steps": 300},
+    ),
+    "grid-shifts": (
+        "cosine, each batch's frames through a window one block smaller, shifted by a random whole number of pixels "
+        "inside a block: the ray grid moves with it (s² distinct ray grids per teacher render)",
+        {"datamanager.grid_shifts": True},
+    ),
+    "grid-shifts-finetune-300": (
+        "cosine, grid shifts and the last 300 steps on the real training images",
+        {"datamanager.grid_shifts": True, "datamanager.finetune_steps": 300},
     ),
 }
 NOW, COSINE = list(VARIANTS).index("demo-now"), list(VARIANTS).index("cosine")
@@ -149,7 +160,7 @@ class DistillAblation:
     ) -> dict[str, Any]:
         description, changes = VARIANTS[name]
         index = list(VARIANTS).index(name)
-        base = {} if index > COSINE else STEP_DECAY if index >= NOW else OLD_RECIPE
+        base = FINETUNE_TENTH if index >= COSINE else STEP_DECAY if index >= NOW else OLD_RECIPE
         overrides = {**base, **changes}
         demo_fields = {key.split(".", 1)[1]: value for key, value in overrides.items() if key.startswith("demo.")}
         config = Demo(output_dir=root, **demo_fields).student_config(teacher, root)
@@ -249,7 +260,8 @@ def markdown(result: dict[str, Any]) -> str:
         f"Teacher: the demo's nas-nerf, {teacher['psnr']:.2f} dB / SSIM {teacher['ssim']:.3f} on the generated "
         "scene's test views (96×96). Each student above demo-now changes one thing from the demo's 0.2 recipe (1500 "
         "steps, 8 views per step, the last 150 on the real training images), each below it up to cosine one thing from "
-        "demo-now, each below cosine (the demo's defaults now) one thing from cosine; 'vs base' compares with that "
+        "demo-now, each below cosine (the demo's defaults until they fine-tuned the last fifth) one thing from cosine; "
+        "'vs base' compares with that "
         "recipe. Train min includes rendering pseudo views not rendered before.",
         "",
         f"vs teacher at 1× / 2× / 4×: the student's PSNR against the teacher on {result['viewer_poses']} test poses "

@@ -9,10 +9,12 @@ same encoded 100×100 ray grid to 800×800; median of `repeats` timed calls take
 warm-up (compilation included in warm-up), the speed-up over eager fp32 and the largest RGB difference from it.
 Each path's GMAC/s is also given as a fraction of this machine's ceiling for its dtype: the best GMAC/s of chained
 1×1 convs of the backbone's shape (width → width over the ray grid) at fp32 (torch compiled or ONNX Runtime), bf16
-(torch compiled, channels-last) and int8 (ONNX Runtime QLinearConv, or torch PT2E's oneDNN int8 convs; int8 in
-and out). Teachers: a NeRF frame costs the same per ray everywhere (64 + 128 samples per ray, no early exit), and
-an 800×800 frame takes minutes to hours here, so each renders a `teacher_crop`² patch of the frame through
-`get_outputs_for_camera` (bf16 fields, the training default on CPU), scaled by the pixel ratio.
+(torch compiled, channels-last convs or matmuls over pixels) and int8 (ONNX Runtime QLinearConv, torch PT2E's oneDNN
+int8 convs or matmuls, int8 in and out; and `torch._int_mm` alone, int32 out: the kernel's rate with no
+requantization, an upper bound for any int8 network). Teachers: a NeRF frame costs the same per ray everywhere
+(64 + 128 samples per ray, no early exit), and an 800×800 frame takes minutes to hours here, so each renders a
+`teacher_crop`² patch of the frame through `get_outputs_for_camera` (bf16 fields, the training default on CPU),
+scaled by the pixel ratio.
 Results: benchmarks/results/render_latency.{json,md}.
 """
 
@@ -251,22 +253,47 @@ def conv_ceilings(width: int, grid: int, repeats: int, warmup: int, directory: P
         data = np.clip(np.round(x.numpy() / scale), -127, 127).astype(np.int8) if int8 else x.numpy()
         return lambda: session.run(None, {"x": data})
 
-    def torch_int8_chain() -> Callable[[], object]:
-        layers = quantize_for_x86(copy.deepcopy(chain), x, [x])
+    def torch_int8_chain(layers: nn.Module, data: Tensor) -> Callable[[], object]:
+        quantized = quantize_for_x86(copy.deepcopy(layers), data, [data])
 
         @torch.no_grad()
         def run() -> Tensor:
             with torch._inductor.config.patch(freezing=True):
-                return layers(x)
+                return quantized(data)
 
         return run
+
+    # The same convs as matrix multiplies over pixels, as the int8 backbone runs them (`int8_backbone.PixelBackbone`)
+    matmuls = nn.Sequential(*(nn.Linear(width, width, bias=False) for _ in range(CEILING_DEPTH))).eval()
+    for linear, conv in zip(matmuls, chain, strict=True):
+        linear.weight.data.copy_(conv.weight.detach().flatten(1))
+    rows = x.permute(0, 2, 3, 1).reshape(-1, width)
+
+    def torch_bf16_matmuls() -> Callable[[], object]:
+        layers, data = torch.compile(copy.deepcopy(matmuls).to(torch.bfloat16)), rows.to(torch.bfloat16)
+
+        @torch.inference_mode()
+        def run() -> Tensor:
+            with torch._inductor.config.patch(freezing=True):
+                return layers(data)
+
+        return run
+
+    def int_mm_chain() -> Callable[[], object]:
+        """The int8 kernel alone: int8 in, int32 out, no scaling or requantization between the products."""
+        data = torch.randint(-127, 128, rows.shape, dtype=torch.int8)
+        weights = [torch.randint(-127, 128, (width, width), dtype=torch.int8) for _ in range(CEILING_DEPTH)]
+        return lambda: [torch._int_mm(data, weight) for weight in weights]
 
     kernels = {
         ("fp32", "torch compiled channels-last"): torch_chain(torch.float32),
         ("fp32", "ONNX Runtime"): ort_chain(int8=False),
         ("bf16", "torch compiled channels-last"): torch_chain(torch.bfloat16),
         ("int8", "ONNX Runtime QLinearConv"): ort_chain(int8=True),
-        ("int8", "torch PT2E int8 convs (oneDNN)"): torch_int8_chain(),
+        ("bf16", "torch compiled matmuls over pixels"): torch_bf16_matmuls(),
+        ("int8", "torch PT2E int8 convs (oneDNN)"): torch_int8_chain(chain, x),
+        ("int8", "torch PT2E int8 matmuls over pixels (oneDNN)"): torch_int8_chain(matmuls, rows),
+        ("int8", "torch._int_mm, int32 out (the kernel alone, no requantization)"): int_mm_chain(),
     }
     times = round_robin_seconds(
         {f"{dtype} {engine}": work for (dtype, engine), work in kernels.items()}, repeats, warmup

@@ -136,6 +136,8 @@ CASES = [
          BROKEN_JSON}, says="is not valid JSON", left_out=("demo",)),
     case("demo-output-under-a-file", "ns-mobile-demo", "--output-dir", "blocker/demo", files={"blocker": ""},
          says="Pass a folder you can write to"),
+    case("demo-finetune-everything", "ns-mobile-demo", "--student-finetune-fraction", "1", says="a share from 0",
+         left_out=("demo",)),
     case("demo-disk-full", "ns-mobile-demo", "--scene.image-size", "16", file_size_limit=256,
          says="Free some space", left_out=("demo/scene",)),
     # ns-nas-complexity

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 import time
+from pathlib import Path
 from types import FrameType
 
 import pytest
@@ -21,7 +22,12 @@ from nerfstudio_mobile.mobile_r2l.engine_cache import EngineCache
 from nerfstudio_mobile.mobile_r2l.engines import Engine, candidate_engines, fastest_engine
 from nerfstudio_mobile.mobile_r2l.int8_backbone import int8_backbone_render
 from nerfstudio_mobile.mobile_r2l.model import MobileR2LModel, MobileR2LModelConfig
-from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, LightFieldNetworkConfig, prepare_for_inference
+from nerfstudio_mobile.mobile_r2l.network import (
+    LightFieldNetwork,
+    LightFieldNetworkConfig,
+    fold_batchnorm,
+    prepare_for_inference,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -115,6 +121,17 @@ def test_the_real_engines_build_run_and_render_like_the_network() -> None:
     assert all(timing.median_ms is not None for timing in table.values() if timing.dtype != "int8"), table
     assert table["ONNX Runtime fp32"].psnr > 60
     assert choice.render(x).shape == (1, 4, 32, 40)
+
+
+def test_onnx_runtime_threads_sleep_between_runs(tmp_path: Path) -> None:
+    """A race between engines times torch right after ONNX Runtime: spinning ORT threads would take its cores."""
+    from nerfstudio_mobile.export.onnx import cpu_session, trace_onnx
+
+    net, x = tiny_network(), torch.randn(1, 24, 4, 5)
+    trace_onnx(fold_batchnorm(net), x, tmp_path / "tiny.onnx", "rays", ("image",))
+    options = cpu_session(tmp_path / "tiny.onnx", threads=2).get_session_options()
+    for pool in ("intra_op", "inter_op"):
+        assert options.get_session_config_entry(f"session.{pool}.allow_spinning") == "0"
 
 
 def test_the_int8_backbone_renders_like_the_network_unless_its_calibration_is_wrong() -> None:

@@ -32,6 +32,7 @@ from support import (
 from nas_nerf.search.cli import entrypoint as nas_search
 from nerfstudio_mobile.common.checkpoints import checkpoint_steps, latest_checkpoint
 from nerfstudio_mobile.common.runs import read_run_config
+from nerfstudio_mobile.demo.demo import Demo
 from nerfstudio_mobile.export.cli import OnnxExport
 from nerfstudio_mobile.mobile_r2l.datamanager import (
     PseudoViewDataManager,
@@ -340,7 +341,8 @@ def test_demo_survives_kills_in_every_stage_and_tells_the_whole_story(injector: 
     assert_same_weights(runs["student"] / "nerfstudio_models" / ckpt(last), uninterrupted_student)
     history = trained_history(record)
     assert sorted(history) == list(range(DEMO_STEPS))
-    assert [step for step, kind in history.items() if kind == "real"] == list(range(DEMO_STEPS * 9 // 10, DEMO_STEPS))
+    finetuned = list(range(round(DEMO_STEPS * (1 - Demo.student_finetune_fraction)), DEMO_STEPS))
+    assert [step for step, kind in history.items() if kind == "real"] == finetuned
     assert_whole_story(output, final.stdout, final.stderr)
     config = read_run_config(runs["student"] / "config.yml").pipeline.datamanager
     config.pseudo_view_dir = tmp_path / "reference-cache"

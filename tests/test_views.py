@@ -8,6 +8,7 @@ from support import WORLD_UP, look_at
 from torch.nn.functional import normalize
 
 from nerfstudio_mobile.common.intrinsics import Intrinsics
+from nerfstudio_mobile.mobile_r2l.datamanager import shifted_window
 from nerfstudio_mobile.mobile_r2l.encoding import pinhole_rays
 from nerfstudio_mobile.mobile_r2l.views import (
     MAX_POLAR_DEG,
@@ -300,3 +301,33 @@ def test_bad_zoom_levels() -> None:
     for zooms in ((), (0.5, 1.0), (float("inf"),)):
         with pytest.raises(ValueError, match="zoom levels must be one or more numbers of at least 1"):
             ViewCrops.fit(FRAME, fraction=1.0, block=8, seed=0, zooms=zooms)
+
+
+@pytest.mark.parametrize(("shift_x", "shift_y"), [(0, 0), (3, 5), (7, 7)])
+def test_a_shifted_window_moves_the_students_ray_grid_with_its_pixels(shift_x: int, shift_y: int) -> None:
+    """`grid_shifts`: each block of the window's ray grid casts the ray through the centre of the block of pixels
+    that the cropped target holds there, so the student learns the same ray-to-pixels map on a moved grid."""
+    block, c2w = 8, SphereViewSampler.fit(hemisphere_rig()).poses([0, 1])
+    frame = FRAME.cameras(c2w)
+    image = torch.rand(2, FRAME.height, FRAME.width, 3)
+    window, batch = shifted_window(frame, {"image": image}, shift_x, shift_y, block)
+    height, width = FRAME.height - block, FRAME.width - block
+    assert (int(window.height[0]), int(window.width[0])) == (height, width)
+    torch.testing.assert_close(batch["image"], image[:, shift_y : shift_y + height, shift_x : shift_x + width])
+    pixel_rays = frame.generate_rays(camera_indices=torch.arange(2)[:, None]).directions  # [H, W, B, 3]
+    grid = student_ray_grid(window, block)
+    assert grid.shape[1:3] == (height // block, width // block)
+    # a block's centre lies between its middle pixels: the mean of their four rays points the same way
+    rows, columns = (
+        shift_y + block // 2 + block * torch.arange(grid.shape[1]),
+        shift_x + block // 2 + block * torch.arange(grid.shape[2]),
+    )
+    middle = sum(pixel_rays[rows[:, None] - dy, columns[None] - dx] for dy in (0, 1) for dx in (0, 1))
+    torch.testing.assert_close(grid, normalize(middle, dim=-1).permute(2, 0, 1, 3), atol=1e-3, rtol=0)
+    if (shift_x, shift_y) != (0, 0):
+        assert not torch.allclose(grid, student_ray_grid(shifted_window(frame, {}, 0, 0, block)[0], block))
+
+
+def test_a_shift_outside_its_block_is_refused() -> None:
+    with pytest.raises(ValueError, match="must lie inside a 8-pixel block"):
+        shifted_window(FRAME.cameras(torch.eye(4)[None, :3]), {}, 8, 0, 8)

@@ -48,10 +48,14 @@ def export_onnx(graph: nn.Module, frame: ExportFrame, mode: InputMode, path: Pat
 
 
 def cpu_session(path: Path, threads: int | None = None) -> "ort.InferenceSession":
-    """An onnxruntime session on the CPU; `threads` intra-op threads (None: onnxruntime's choice)."""
+    """An onnxruntime session on the CPU; `threads` intra-op threads (None: onnxruntime's choice). Its threads sleep
+    between runs: by default they spin-wait for the next one and take the cores from whatever torch runs next (a
+    torch render right after a run took twice its time: benchmarks/results/render_latency.md)."""
     options = ort.SessionOptions()
     if threads is not None:
         options.intra_op_num_threads = threads
+    for pool in ("intra_op", "inter_op"):
+        options.add_session_config_entry(f"session.{pool}.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -78,6 +78,12 @@ class PseudoViewDataManagerConfig(FullImageDatamanagerConfig):
     for (1.0 = the training resolution only, as the paper). Combines with crop-fraction."""
     sampler: PseudoViewSamplerConfig = field(default_factory=PseudoViewSamplerConfig)
     """Where pseudo views are placed (layout auto-detected from the training cameras)."""
+    grid_shifts: bool = False
+    """Each training batch (pseudo views and real images alike) sees its frames through a window one
+    super-resolution block smaller than the frame, shifted by a random whole number of pixels inside a block
+    (0 to s - 1 along each axis): the student's ray grid moves with it, so one teacher render gives s² distinct ray
+    grids instead of one (False: every batch sees the whole frame, the ray grid through the block centres, as the
+    paper)."""
     images_per_batch: int = 54
     """Whole images per training step (paper: 54 for 360 scenes, 36 forward-facing)."""
     finetune_steps: int = 1000
@@ -180,7 +186,13 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
         return self.config.images_per_batch * self.pseudo_views.cache.meta.height * self.pseudo_views.cache.meta.width
 
     def next_train(self, step: int) -> tuple[Cameras, dict[str, Tensor]]:  # type: ignore[override]
-        return self.real_batch() if self.pseudo_views is None or step >= self.finetune_from else self.pseudo_batch()
+        real = self.pseudo_views is None or step >= self.finetune_from
+        cameras, batch = self.real_batch() if real else self.pseudo_batch()
+        if not self.config.grid_shifts:
+            return cameras, batch
+        block = math.prod(self.upscale_factors)
+        shift_x, shift_y = torch.randint(block, (2,), generator=self.generator).tolist()
+        return shifted_window(cameras, batch, shift_x, shift_y, block)
 
     def pseudo_batch(self) -> tuple[Cameras, dict[str, Tensor]]:
         assert self.pseudo_views is not None
@@ -200,6 +212,30 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
         chosen = [same_size[i] for i in torch.randperm(len(same_size), generator=self.generator)[:count].tolist()]
         images = torch.stack([self.cached_train[i]["image"][..., :3] for i in chosen]).float()
         return self.train_cameras[torch.tensor(chosen)].to(self.device), {"image": images.to(self.device)}
+
+
+def shifted_window(
+    cameras: Cameras, batch: dict[str, Tensor], shift_x: int, shift_y: int, block: int
+) -> tuple[Cameras, dict[str, Tensor]]:
+    """The window of a batch's frames (one size) that starts `shift_x`, `shift_y` pixels in and is one `block` smaller
+    along each side: cameras with the principal point moved and the size cut to match, images and depths cropped.
+    The model puts its ray grid through the window's block centres, so the rays move with the shift."""
+    height, width = int(cameras.height.flatten()[0]), int(cameras.width.flatten()[0])
+    if not (0 <= shift_x < block and 0 <= shift_y < block) or min(height, width) <= block:
+        raise ValueError(f"shift ({shift_x}, {shift_y}) must lie inside a {block}-pixel block of a larger frame")
+    window = Cameras(
+        camera_to_worlds=cameras.camera_to_worlds,
+        fx=cameras.fx,
+        fy=cameras.fy,
+        cx=cameras.cx - shift_x,
+        cy=cameras.cy - shift_y,
+        width=width - block,
+        height=height - block,
+        distortion_params=cameras.distortion_params,
+        camera_type=cameras.camera_type,
+    )
+    rows, columns = slice(shift_y, shift_y + height - block), slice(shift_x, shift_x + width - block)
+    return window, {name: value[:, rows, columns] for name, value in batch.items()}
 
 
 def build_pseudo_view_cache(
