@@ -8,9 +8,10 @@ compression: iOS 16 for int8 and per-tensor palettes (and w8a8, whose activation
 iOS 17), iOS 18 for per-grouped-channel palettes.
 """
 
+import contextlib
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from nerfstudio_mobile.export.sidecar import (
 
 ct = require_coremltools("Core ML export")
 import coremltools.optimize.coreml as cto  # noqa: E402
+import coremltools.optimize.coreml._quantization_passes as compression_passes  # noqa: E402
 from coremltools import _SPECIFICATION_VERSION_IOS_17  # noqa: E402
 from coremltools.converters.mil.mil import Function, Operation  # noqa: E402
 from coremltools.converters.mil.mil.passes.graph_pass import PassOption  # noqa: E402
@@ -218,7 +220,37 @@ def compress(model: MLModel, compression: Compression, samples: Sequence[dict[st
         global_config=palette(weights.bits),
         op_name_configs={_first_conv_name(model): palette(max(weights.bits, STEM_MIN_BITS))},
     )
-    return cto.palettize_weights(model, config)
+    with float16_unique_through_float32():
+        return cto.palettize_weights(model, config)
+
+
+class _ExactFloat16Unique:
+    """numpy with `unique` of float16 arrays taken through float32 (exact for every float16 value)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+    @staticmethod
+    def unique(values: np.ndarray, *args: Any, **kwargs: Any) -> Any:
+        if values.dtype != np.float16:
+            return np.unique(values, *args, **kwargs)
+        found = np.unique(values.astype(np.float32), *args, **kwargs)
+        if isinstance(found, tuple):
+            return (found[0].astype(np.float16), *found[1:])
+        return found.astype(np.float16)
+
+
+@contextlib.contextmanager
+def float16_unique_through_float32() -> Iterator[None]:
+    """While coremltools palettizes: numpy 2.2's AVX-512 sort misorders float16 arrays on some CPUs (an AMD EPYC with
+    AVX512-BF16: `np.sort` not monotone, `np.unique` finding 31 values where there are 15), so the "unique"
+    palettizer counted a 2-bit weight's 4 values as more and stored it in 4-bit tables."""
+    real = compression_passes.np
+    compression_passes.np = _ExactFloat16Unique()
+    try:
+        yield
+    finally:
+        compression_passes.np = real
 
 
 def save(model: MLModel, path: Path, sidecar: dict[str, Any]) -> None:
