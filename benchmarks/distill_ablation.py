@@ -120,8 +120,36 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "cosine, grid shifts and the last 300 steps on the real training images",
         {"datamanager.grid_shifts": True, "datamanager.finetune_steps": 300},
     ),
+    "real-share-0.2": (
+        "the demo's defaults (cosine, the last fifth on the real images), and every fifth step before that on the real "
+        "training images instead of pseudo views",
+        {"datamanager.real_image_share": 0.2},
+    ),
+    "real-share-0.4": (
+        "the demo's defaults, and 2 steps in 5 before the last fifth on the real images",
+        {"datamanager.real_image_share": 0.4},
+    ),
+    "finetune-450": ("the demo's defaults, but the last 30% on the real images", {"datamanager.finetune_steps": 450}),
+    "real-only": ("no distillation: every step on the real training images", {"datamanager.finetune_steps": 1500}),
 }
-NOW, COSINE = list(VARIANTS).index("demo-now"), list(VARIANTS).index("cosine")
+# Groups of variants: (its first variant, the row of the recipe its variants change one knob of, that recipe)
+GROUPS: list[tuple[str, str, dict[str, Any]]] = [
+    ("demo-0.2", "demo-0.2", OLD_RECIPE),
+    ("demo-now", "demo-now", STEP_DECAY),
+    ("cosine", "cosine", FINETUNE_TENTH),
+    ("real-share-0.2", "cosine-finetune-300", {}),  # the demo's defaults
+]
+
+
+def base_recipe(name: str) -> tuple[str, dict[str, Any]]:
+    """The row a variant is compared with ("vs base": its recipe's row; that row itself, with the recipe before) and
+    the overrides of the recipe it changes one knob of."""
+    index = list(VARIANTS).index(name)
+    group = max(i for i, (first, _, _) in enumerate(GROUPS) if list(VARIANTS).index(first) <= index)
+    _, row, recipe = GROUPS[group]
+    return (GROUPS[group - 1][1] if name == row and group > 0 else row), recipe
+
+
 VIEWER_ZOOMS = (1, 2, 4)
 """Multiples of the training resolution the test poses are rendered at, by the teacher and by each student."""
 
@@ -159,9 +187,7 @@ class DistillAblation:
         self, root: Path, teacher: Path, name: str, frames: list[ViewerFrame], pictures: Path
     ) -> dict[str, Any]:
         description, changes = VARIANTS[name]
-        index = list(VARIANTS).index(name)
-        base = FINETUNE_TENTH if index >= COSINE else STEP_DECAY if index >= NOW else OLD_RECIPE
-        overrides = {**base, **changes}
+        overrides = {**base_recipe(name)[1], **changes}
         demo_fields = {key.split(".", 1)[1]: value for key, value in overrides.items() if key.startswith("demo.")}
         config = Demo(output_dir=root, **demo_fields).student_config(teacher, root)
         config.experiment_name = f"student-{name}"
@@ -260,9 +286,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"Teacher: the demo's nas-nerf, {teacher['psnr']:.2f} dB / SSIM {teacher['ssim']:.3f} on the generated "
         "scene's test views (96×96). Each student above demo-now changes one thing from the demo's 0.2 recipe (1500 "
         "steps, 8 views per step, the last 150 on the real training images), each below it up to cosine one thing from "
-        "demo-now, each below cosine (the demo's defaults until they fine-tuned the last fifth) one thing from cosine; "
-        "'vs base' compares with that "
-        "recipe. Train min includes rendering pseudo views not rendered before.",
+        "demo-now, each below cosine (the demo's defaults until they fine-tuned the last fifth) up to real-share-0.2 "
+        "one thing from cosine, each from real-share-0.2 on one thing from the demo's defaults (cosine-finetune-300); "
+        "'vs base' compares with that recipe. Train min includes rendering pseudo views not rendered before.",
         "",
         f"vs teacher at 1× / 2× / 4×: the student's PSNR against the teacher on {result['viewer_poses']} test poses "
         "rendered at 1×, 2× and 4× the training resolution, as a viewer asks for larger frames (finer rays than any "
@@ -277,8 +303,7 @@ def markdown(result: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["variants"]:
-        index = list(VARIANTS).index(row["name"])
-        base = rows.get("cosine" if index > COSINE else "demo-now" if index > NOW else "demo-0.2", row)
+        base = rows.get(base_recipe(row["name"])[0], row)
         native, upsampled = (
             " / ".join(f"{row['vs_teacher_psnr'][policy][str(zoom)]:.2f}" for zoom in VIEWER_ZOOMS)
             for policy in ("native", "upsampled")

@@ -50,6 +50,8 @@ class DistillQuality:
     student_lr: float = 2e-3
     """The demo's 5e-3 diverged at step ~4600 of 10k on lego (results/distill_lego_lr-5e-3.md)."""
     pseudo_views: int = 500
+    student_real_share: float = 0.0
+    """Share of the student's steps before its fine-tuning on the real training images (the demo's option)."""
     student_width: int = 256
     student_blocks: int = 8
     label: str = ""
@@ -63,7 +65,7 @@ class DistillQuality:
             output_dir=work, data=SHARED_DATA / SCENES[self.scene], teacher=self.teacher,
             max_image_size=self.max_image_size or DEFAULT_SIZE[self.scene], max_test_views=self.max_test_views,
             teacher_steps=self.teacher_steps, teacher_rays=self.teacher_rays, student_steps=self.student_steps,
-            pseudo_views=self.pseudo_views, student_lr=self.student_lr,
+            pseudo_views=self.pseudo_views, student_lr=self.student_lr, student_real_share=self.student_real_share,
             student=LightFieldNetworkConfig(width=self.student_width, num_blocks=self.student_blocks),
         )  # fmt: skip
         demo.main()
@@ -74,16 +76,19 @@ class DistillQuality:
         summary["machine"], summary["cpu"] = machine(), cpu_model()
         student = read_run_config(next((work.resolve() / "runs" / "student").rglob("config.yml")))
         decay = student.optimizers["network"]["scheduler"].decay  # what the student trained with (a resumed run's)
-        summary["setup"] = {**vars(self), "max_image_size": demo.max_image_size, "student_decay": decay}
+        summary["setup"] = {**vars(self), "max_image_size": demo.max_image_size, "student_decay": decay,
+                            "student_finetune_fraction": demo.student_finetune_fraction}  # fmt: skip
         results = sorted(RESULTS.glob(f"distill_{self.scene}*.json"))
         others = {path.stem: json.loads(path.read_text()) for path in results}
         others.pop(name, None)
         write_results(name, summary, markdown(self.scene, summary) + recipes_table(name, summary, others))
 
 
-RECIPE_KNOBS = ("teacher_steps", "student_steps", "pseudo_views", "student_width", "student_blocks", "student_lr")
-# Results from before the schedule was recorded: the learning rate then stepped down (the paper's).
-EARLIER_DECAY = "steps"
+RECIPE_KNOBS = ("teacher_steps", "student_steps", "pseudo_views", "student_width", "student_blocks", "student_lr",
+                "student_real_share")  # fmt: skip
+# Results from before these were recorded: the learning rate then stepped down (the paper's), and the student
+# fine-tuned the last tenth of its steps on the real images.
+EARLIER = {"student_decay": "steps", "student_finetune_fraction": 0.1}
 
 
 def recipes_table(name: str, summary: dict, others: dict[str, dict]) -> str:
@@ -100,7 +105,7 @@ def recipes_table(name: str, summary: dict, others: dict[str, dict]) -> str:
 
     for key, result in sorted({**others, name: summary}.items(), key=lambda item: minutes(item[1])):
         setup = {knob: value for knob, value in result["setup"].items() if knob in RECIPE_KNOBS}
-        setup["student_decay"] = result["setup"].get("student_decay", EARLIER_DECAY)
+        setup.update({knob: result["setup"].get(knob, earlier) for knob, earlier in EARLIER.items()})
         teacher, student = result["teacher"]["psnr"], result["student"]["psnr"]
         stage_minutes = {**result.get("stage_minutes", {}), **result.get("reused_stage_minutes", {})}
         teacher_minutes = stage_minutes.get(TEACHER)

@@ -15,7 +15,7 @@ requantization, an upper bound for any int8 network). Teachers: a NeRF frame cos
 (64 + 128 samples per ray, no early exit), and an 800×800 frame takes minutes to hours here, so each renders a
 `teacher_crop`² patch of the frame through `get_outputs_for_camera` (bf16 fields, the training default on CPU),
 scaled by the pixel ratio.
-Results: benchmarks/results/render_latency.{json,md}.
+Results: benchmarks/results/render_latency[_<label>].{json,md}.
 """
 
 import copy
@@ -73,6 +73,8 @@ class Args:
     calibration_poses: int = 8
     """Poses whose encoded rays calibrate the ORT int8 path's activations."""
     output_dir: Path = RESULTS
+    label: str = ""
+    """Results as render_latency_<label> (another machine's, beside this one's)."""
 
 
 def orbit_pose(angle: float) -> Tensor:
@@ -367,7 +369,8 @@ def main(args: Args) -> None:
         engine_choice=dict(chosen=choice.name, candidates=[asdict(timing) for timing in choice.table]),
         teachers=teachers,
     )
-    write_results("render_latency", result, markdown(result), args.output_dir)
+    name = "render_latency" + (f"_{args.label}" if args.label else "")
+    write_results(name, result, markdown(result), args.output_dir)
 
 
 def markdown(result: dict) -> str:

@@ -8,7 +8,7 @@ from support import WORLD_UP, look_at
 from torch.nn.functional import normalize
 
 from nerfstudio_mobile.common.intrinsics import Intrinsics
-from nerfstudio_mobile.mobile_r2l.datamanager import shifted_window
+from nerfstudio_mobile.mobile_r2l.datamanager import is_real_step, shifted_window
 from nerfstudio_mobile.mobile_r2l.encoding import pinhole_rays
 from nerfstudio_mobile.mobile_r2l.views import (
     MAX_POLAR_DEG,
@@ -331,3 +331,19 @@ def test_a_shifted_window_moves_the_students_ray_grid_with_its_pixels(shift_x: i
 def test_a_shift_outside_its_block_is_refused() -> None:
     with pytest.raises(ValueError, match="must lie inside a 8-pixel block"):
         shifted_window(FRAME.cameras(torch.eye(4)[None, :3]), {}, 8, 0, 8)
+
+
+@pytest.mark.parametrize("share", [0.0, 0.2, 0.25, 1 / 3, 0.4])
+def test_real_image_steps_are_the_share_spread_evenly_by_step_alone(share: float) -> None:
+    """`real_image_share`: of any run of steps, the share (to within one step) trains on the real images, never
+    bunched (gaps between them differ by at most one step), and which steps decides nothing but the step number, so a
+    run resumed at any step draws the same kinds of batches as an uninterrupted one."""
+    steps = 1500
+    real = [step for step in range(steps) if is_real_step(step, share)]
+    assert len(real) == math.floor(steps * share)
+    for start, length in ((0, 100), (737, 250), (1234, 266)):
+        window = sum(start <= step < start + length for step in real)
+        assert abs(window - length * share) <= 1
+    gaps = {b - a for a, b in zip(real, real[1:], strict=False)}
+    assert not gaps or max(gaps) - min(gaps) <= 1
+    assert [is_real_step(step, share) for step in range(900, 1000)] == [step in real for step in range(900, 1000)]

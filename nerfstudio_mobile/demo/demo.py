@@ -105,6 +105,9 @@ class Demo:
     student_finetune_fraction: float = 0.2
     """Share of the student's steps, at the end, on the real training images instead of pseudo views (a fifth: +0.23
     dB over a tenth on the test images, benchmarks/results/distill_ablation_shifts.md)."""
+    student_real_share: float = 0.0
+    """Share of the student's steps before the fine-tuning that train on the real training images instead of pseudo
+    views, spread evenly (0: pseudo views only until the fine-tuning, as the paper)."""
     pseudo_views: int = 100
     """Teacher renders the student learns from (paper: 10k)."""
     teacher_coarse: FieldCellConfig = field(default_factory=lambda: FieldCellConfig((1, 1, 1), (32, 32, 32)))
@@ -113,11 +116,15 @@ class Demo:
     """Student size (paper: width 256, 28 blocks; benchmarks/results/distill_ablation.md compares others)."""
 
     def main(self) -> None:
-        if not 0 <= self.student_finetune_fraction < 1:
-            raise UsageError(
-                f"--student-finetune-fraction {self.student_finetune_fraction} leaves no step on pseudo views or is "
-                "negative: pass a share from 0 (none on the real images) to below 1 (default 0.2)."
-            )
+        shares = {
+            "--student-finetune-fraction": (self.student_finetune_fraction, "the share of the steps, at the end, on "
+                                            "the real images (default 0.2); 1 would leave none on pseudo views"),
+            "--student-real-share": (self.student_real_share, "the share of the steps before the fine-tuning on the "
+                                     "real images (default 0)"),
+        }  # fmt: skip
+        for flag, (share, meaning) in shares.items():
+            if not 0 <= share < 1:
+                raise UsageError(f"{flag} {share} must lie in [0, 1): {meaning}.")
         started = time.perf_counter()
         root = self.output_dir.resolve()
         data = self.scene_data(root)
@@ -228,6 +235,7 @@ class Demo:
         datamanager.teacher_config = teacher
         datamanager.num_pseudo_views, datamanager.images_per_batch = self.pseudo_views, IMAGES_PER_BATCH
         datamanager.finetune_steps = round(self.student_steps * self.student_finetune_fraction)
+        datamanager.real_image_share = self.student_real_share
         config.pipeline.model.network = self.student
         config.optimizers["network"]["optimizer"].lr = self.student_lr
         return fixed_run(config, root / "runs", "student", self.student_steps, max(100, self.student_steps // 4))

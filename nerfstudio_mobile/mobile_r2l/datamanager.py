@@ -7,7 +7,8 @@
                      ▼
     teacher renders RGB + depth ─► PseudoViewCache (sharded, resumable, uint8 / fp16)
                      ▼
-    training batches: B pseudo views ... then B real training images for the last `finetune_steps`
+    training batches: B pseudo views (or, every 1/`real_image_share`-th step, B real training images)
+                      ... then B real training images for the last `finetune_steps`
 
 Evaluation (ns-eval, the viewer) uses the dataset's real val/test split, exactly as the teacher's.
 """
@@ -88,6 +89,10 @@ class PseudoViewDataManagerConfig(FullImageDatamanagerConfig):
     """Whole images per training step (paper: 54 for 360 scenes, 36 forward-facing)."""
     finetune_steps: int = 1000
     """The last steps of training use the real training images instead of pseudo views."""
+    real_image_share: float = 0.0
+    """Before fine-tuning, this share of the steps, spread evenly, trains on the real training images instead of
+    pseudo views: views the teacher need not render, and the ground truth (0: pseudo views only until fine-tuning,
+    as the paper)."""
     near: float | None = None
     """Student near plane; default: the teacher's collider near, else estimated from its depth renders."""
     far: float | None = None
@@ -106,6 +111,11 @@ class PseudoViewDataManagerConfig(FullImageDatamanagerConfig):
                 f"{error}: pass --pipeline.datamanager.crop-fraction in (0, 1] and --pipeline.datamanager.zoom-levels "
                 "of 1 or more."
             ) from error
+        if not 0 <= self.real_image_share < 1:
+            raise UsageError(
+                f"--pipeline.datamanager.real-image-share {self.real_image_share} must lie in [0, 1): the share of "
+                "steps before fine-tuning on the real training images (use finetune-steps for all of them)."
+            )
         if (self.near is None) != (self.far is None):
             raise TeacherError("pass both --pipeline.datamanager.near and --pipeline.datamanager.far, or neither.")
         return read_teacher_config(self.teacher_config)
@@ -186,7 +196,8 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
         return self.config.images_per_batch * self.pseudo_views.cache.meta.height * self.pseudo_views.cache.meta.width
 
     def next_train(self, step: int) -> tuple[Cameras, dict[str, Tensor]]:  # type: ignore[override]
-        real = self.pseudo_views is None or step >= self.finetune_from
+        finetuning = step >= self.finetune_from
+        real = self.pseudo_views is None or finetuning or is_real_step(step, self.config.real_image_share)
         cameras, batch = self.real_batch() if real else self.pseudo_batch()
         if not self.config.grid_shifts:
             return cameras, batch
@@ -212,6 +223,12 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
         chosen = [same_size[i] for i in torch.randperm(len(same_size), generator=self.generator)[:count].tolist()]
         images = torch.stack([self.cached_train[i]["image"][..., :3] for i in chosen]).float()
         return self.train_cameras[torch.tensor(chosen)].to(self.device), {"image": images.to(self.device)}
+
+
+def is_real_step(step: int, share: float) -> bool:
+    """Whether `step` is one of the `share` of steps that train on the real images: a pure function of the step (a
+    resumed run draws the same kinds of batches), spread evenly (every 1/share-th step; share 0.25: steps 3, 7, ...)."""
+    return math.floor((step + 1) * share) > math.floor(step * share)
 
 
 def shifted_window(
