@@ -129,6 +129,10 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "the demo's defaults, and 2 steps in 5 before the last fifth on the real images",
         {"datamanager.real_image_share": 0.4},
     ),
+    "real-share-0.6": (
+        "the demo's defaults, and 3 steps in 5 before the last fifth on the real images",
+        {"datamanager.real_image_share": 0.6},
+    ),
     "finetune-450": ("the demo's defaults, but the last 30% on the real images", {"datamanager.finetune_steps": 450}),
     "real-only": ("no distillation: every step on the real training images", {"datamanager.finetune_steps": 1500}),
 }

@@ -51,7 +51,8 @@ class DistillQuality:
     """The demo's 5e-3 diverged at step ~4600 of 10k on lego (results/distill_lego_lr-5e-3.md)."""
     pseudo_views: int = 500
     student_real_share: float = 0.0
-    """Share of the student's steps before its fine-tuning on the real training images (the demo's option)."""
+    """Share of the student's steps before its fine-tuning on the real training images (the demo's option, 0.4 there;
+    0 here: neutral on lego's 500 pseudo views, results/distill_lego_amx-real.md)."""
     student_width: int = 256
     student_blocks: int = 8
     label: str = ""

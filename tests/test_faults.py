@@ -38,18 +38,20 @@ from nerfstudio_mobile.mobile_r2l.datamanager import (
     PseudoViewDataManager,
     PseudoViewDataManagerConfig,
     build_pseudo_view_cache,
+    is_real_step,
 )
 
 pytestmark = pytest.mark.slow
 
-STEPS, SAVE_EVERY, FINETUNE_STEPS = 30, 10, 15
+STEPS, SAVE_EVERY, FINETUNE_STEPS, REAL_SHARE = 30, 10, 15, 0.25
 PSEUDO_VIEWS = 6
 TEACHER_RUN = Path("outputs/scene/nas-nerf/run")
 STUDENT_RUN = Path("outputs/scene/mobile-r2l/run")
 STUDENT_ARGS = [
     "--pipeline.datamanager.teacher-config", str(TEACHER_RUN / "config.yml"),  # relative: the runs move together
     "--pipeline.datamanager.num-pseudo-views", str(PSEUDO_VIEWS), "--pipeline.datamanager.images-per-batch", "4",
-    "--pipeline.datamanager.finetune-steps", str(FINETUNE_STEPS), "--optimizers.network.scheduler.max-steps",
+    "--pipeline.datamanager.finetune-steps", str(FINETUNE_STEPS), "--pipeline.datamanager.real-image-share",
+    str(REAL_SHARE), "--optimizers.network.scheduler.max-steps",
     str(STEPS), "--pipeline.model.network.num-blocks", "1", "--pipeline.model.network.width", "16",
 ]  # fmt: skip
 Kill = str | Callable[[], object] | None
@@ -212,13 +214,17 @@ def student(teacher: Path, pseudo_views: Path, injector: Path, tmp_path_factory:
 
 
 def test_student_training_survives_kills_and_fine_tunes_the_last_steps(student: dict) -> None:
-    """Same final step, the same real-image steps as an uninterrupted run (the last FINETUNE_STEPS, counted from
-    the batches the datamanager served), and the copied cache reused as it was, not rendered again."""
+    """Same final step, the same real-image steps as an uninterrupted run (every 1/REAL_SHARE-th step, then the last
+    FINETUNE_STEPS, counted from the batches the datamanager served), and the copied cache reused as it was, not
+    rendered again."""
     models = student["workdir"] / STUDENT_RUN / "nerfstudio_models"
     assert checkpoint_steps(models) == [STEPS - 1]
     history = student["history"]
     assert sorted(history) == list(range(STEPS))
-    assert [step for step, kind in history.items() if kind == "real"] == list(range(STEPS - FINETUNE_STEPS, STEPS))
+    mixed_in = [step for step in range(STEPS - FINETUNE_STEPS) if is_real_step(step, REAL_SHARE)]
+    assert mixed_in == [3, 7, 11]
+    real = [step for step, kind in history.items() if kind == "real"]
+    assert real == mixed_in + list(range(STEPS - FINETUNE_STEPS, STEPS))
     views = cache_dir(student["workdir"]) / "views"
     assert {p.name: p.stat().st_mtime_ns for p in views.iterdir()} == student["cache_mtimes"]
 
@@ -316,9 +322,10 @@ DEMO_ARGS = [
 def test_demo_survives_kills_in_every_stage_and_tells_the_whole_story(injector: Path, tmp_path: Path) -> None:
     """The README's main command, ns-mobile-demo, killed in the middle of the teacher's last checkpoint, of a pseudo
     view, of the student's last checkpoint: each training resumes to the weights its uninterrupted run had (the
-    `.partial` the kill left), the student fine-tunes on real images for the last tenth of its steps, the cache is
-    byte-identical to one the finished teacher renders here uninterrupted, and the run that finishes tells the whole
-    story: the estimate first, the summary, the pictures, the verified phone packages, the noise in the log."""
+    `.partial` the kill left), the student trains on real images at the steps an uninterrupted run does (its share of
+    the steps, then the last fifth), the cache is byte-identical to one the finished teacher renders here
+    uninterrupted, and the run that finishes tells the whole story: the estimate first, the summary, the pictures,
+    the verified phone packages, the noise in the log."""
     output = tmp_path / "demo"
     command = [ns_command("ns-mobile-demo"), "--output-dir", str(output), *DEMO_ARGS]
     record = tmp_path / "batches.txt"
@@ -341,8 +348,11 @@ def test_demo_survives_kills_in_every_stage_and_tells_the_whole_story(injector: 
     assert_same_weights(runs["student"] / "nerfstudio_models" / ckpt(last), uninterrupted_student)
     history = trained_history(record)
     assert sorted(history) == list(range(DEMO_STEPS))
-    finetuned = list(range(round(DEMO_STEPS * (1 - Demo.student_finetune_fraction)), DEMO_STEPS))
-    assert [step for step, kind in history.items() if kind == "real"] == finetuned
+    finetune_from = round(DEMO_STEPS * (1 - Demo.student_finetune_fraction))
+    mixed_in = [step for step in range(finetune_from) if is_real_step(step, Demo.student_real_share)]
+    assert mixed_in  # the demo's default share
+    real = [step for step, kind in history.items() if kind == "real"]
+    assert real == mixed_in + list(range(finetune_from, DEMO_STEPS))
     assert_whole_story(output, final.stdout, final.stderr)
     config = read_run_config(runs["student"] / "config.yml").pipeline.datamanager
     config.pseudo_view_dir = tmp_path / "reference-cache"

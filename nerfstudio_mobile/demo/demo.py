@@ -105,9 +105,10 @@ class Demo:
     student_finetune_fraction: float = 0.2
     """Share of the student's steps, at the end, on the real training images instead of pseudo views (a fifth: +0.23
     dB over a tenth on the test images, benchmarks/results/distill_ablation_shifts.md)."""
-    student_real_share: float = 0.0
+    student_real_share: float = 0.4
     """Share of the student's steps before the fine-tuning that train on the real training images instead of pseudo
-    views, spread evenly (0: pseudo views only until the fine-tuning, as the paper)."""
+    views, spread evenly (0: pseudo views only until the fine-tuning, as the paper; 2 in 5: +0.41 dB on the test
+    images, benchmarks/results/distill_ablation_real.md)."""
     pseudo_views: int = 100
     """Teacher renders the student learns from (paper: 10k)."""
     teacher_coarse: FieldCellConfig = field(default_factory=lambda: FieldCellConfig((1, 1, 1), (32, 32, 32)))
@@ -120,7 +121,7 @@ class Demo:
             "--student-finetune-fraction": (self.student_finetune_fraction, "the share of the steps, at the end, on "
                                             "the real images (default 0.2); 1 would leave none on pseudo views"),
             "--student-real-share": (self.student_real_share, "the share of the steps before the fine-tuning on the "
-                                     "real images (default 0)"),
+                                     "real images (default 0.4)"),
         }  # fmt: skip
         for flag, (share, meaning) in shares.items():
             if not 0 <= share < 1:
