@@ -10,7 +10,7 @@ fp32 / int8. Formats with int8 activations are calibrated on the rays of a few o
 --student): every format of that trained student's `pose` export (Core ML executed by the torch MIL
 interpreter, ONNX by onnxruntime; int8 activations calibrated on its pseudo views) on its test views, against
 the test images, minus the fp16 package's PSNR; plus each file's PSNR against the torch student.
-Results go to ``benchmarks/results/export_sizes.{json,md}``.
+Results go to ``benchmarks/results/export_sizes[_<label>].{json,md}``.
 """
 
 import math
@@ -77,6 +77,8 @@ class Args:
     palette_training: PaletteTraining = field(default_factory=PaletteTraining)
     """Fine-tuning of the -finetuned palettes (--student)."""
     output_dir: Path = RESULTS
+    label: str = ""
+    """Results as export_sizes_<label> (e.g. another palette training), beside the default's."""
 
 
 def paper_frame(args: Args) -> ExportFrame:
@@ -326,7 +328,8 @@ def main(args: Args) -> None:
             result["psnr_costs"] = psnr_costs(
                 args.student, Path(directory), args.calibration_views, args.palette_training
             )
-    write_results("export_sizes", result, markdown(result), args.output_dir)
+    name = "export_sizes" + (f"_{args.label}" if args.label else "")
+    write_results(name, result, markdown(result), args.output_dir)
 
 
 if __name__ == "__main__":
