@@ -37,6 +37,11 @@ def cpu_model() -> str:
     return "unknown CPU"
 
 
+def results_name(stem: str, label: str) -> str:
+    """`<stem>` or `<stem>_<label>`: a variant's results (another machine, recipe, setting) beside the default's."""
+    return f"{stem}_{label}" if label else stem
+
+
 def write_results(name: str, result: dict[str, Any], markdown: str, directory: Path = RESULTS) -> None:
     """`<name>.json` and `<name>.md` in `directory`, each written atomically (a killed run leaves the previous
     results whole); the markdown is printed as well."""

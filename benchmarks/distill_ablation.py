@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 import tyro
-from common import RESULTS, WORK, machine, write_results
+from common import RESULTS, WORK, machine, results_name, write_results
 from nerfstudio.cameras.cameras import Cameras
 from nerfstudio.pipelines.base_pipeline import Pipeline
 from PIL import Image
@@ -174,7 +174,7 @@ class DistillAblation:
         _, teacher_pipeline, _ = load_run(teacher)
         metrics = teacher_pipeline.get_average_eval_image_metrics()
         frames = viewer_frames(teacher_pipeline, self.viewer_poses)
-        name = "distill_ablation" + (f"_{self.label}" if self.label else "")
+        name = results_name("distill_ablation", self.label)
         pictures = RESULTS / f"{name}_4x"
         rows = [self.student(root, teacher, variant, frames, pictures) for variant in self.variants]
         result = {"machine": machine(), "teacher": {key: metrics[key] for key in ("psnr", "ssim")},

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Literal
 
 import tyro
-from common import RESULTS, SHARED_DATA, WORK, cpu_model, machine, write_results
+from common import RESULTS, SHARED_DATA, WORK, cpu_model, machine, results_name, write_results
 
 from nerfstudio_mobile.common.runs import read_run_config
 from nerfstudio_mobile.demo.demo import TEACHER, Demo
@@ -60,7 +60,7 @@ class DistillQuality:
 
     def main(self) -> None:
         stem = f"distill_{self.scene}" + ("" if self.teacher == "nas-nerf" else f"_{self.teacher}")
-        name = stem + (f"_{self.label}" if self.label else "")
+        name = results_name(stem, self.label)
         work = WORK / name
         demo = Demo(
             output_dir=work, data=SHARED_DATA / SCENES[self.scene], teacher=self.teacher,

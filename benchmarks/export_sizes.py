@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 import tyro
-from common import RESULTS, timed, write_results
+from common import RESULTS, results_name, timed, write_results
 from coremltools.models import MLModel
 from render_latency import orbit_pose, synthetic_frame
 from torch import Tensor
@@ -328,8 +328,7 @@ def main(args: Args) -> None:
             result["psnr_costs"] = psnr_costs(
                 args.student, Path(directory), args.calibration_views, args.palette_training
             )
-    name = "export_sizes" + (f"_{args.label}" if args.label else "")
-    write_results(name, result, markdown(result), args.output_dir)
+    write_results(results_name("export_sizes", args.label), result, markdown(result), args.output_dir)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import tyro
-from common import RESULTS, cpu_model, timed, write_results
+from common import RESULTS, cpu_model, results_name, timed, write_results
 from nerfstudio.data.scene_box import SceneBox
 from torch import Tensor, nn
 
@@ -369,8 +369,7 @@ def main(args: Args) -> None:
         engine_choice=dict(chosen=choice.name, candidates=[asdict(timing) for timing in choice.table]),
         teachers=teachers,
     )
-    name = "render_latency" + (f"_{args.label}" if args.label else "")
-    write_results(name, result, markdown(result), args.output_dir)
+    write_results(results_name("render_latency", args.label), result, markdown(result), args.output_dir)
 
 
 def markdown(result: dict) -> str:
