@@ -22,7 +22,7 @@ from nerfstudio_mobile.common.compat import default_device_type
 from nerfstudio_mobile.common.intrinsics import Intrinsics
 from nerfstudio_mobile.common.precision import cpu_bf16_autocast
 from nerfstudio_mobile.common.timing import median_seconds
-from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, LightFieldNetworkConfig
+from nerfstudio_mobile.mobile_r2l.network import TRAINING_LAYOUT, LightFieldNetwork, LightFieldNetworkConfig
 
 MAX_TIMED_TRAINING_RAYS = 256
 MAX_TIMED_STUDENT_SIDE, MAX_TIMED_STUDENT_BATCH = 256, 8
@@ -137,8 +137,8 @@ def _teacher_rates(config: NASNeRFModelConfig, rays: int, patch: int, device: to
 def _student_rate(config: LightFieldNetworkConfig, frame: tuple[int, int], batch: int, device: torch.device) -> float:
     shrink = min(1.0, MAX_TIMED_STUDENT_SIDE / max(frame))
     grid = [max(1, round(side * shrink / config.upscale)) for side in frame]
-    network = LightFieldNetwork(config).train().to(device)
-    encoded = torch.randn(batch, config.in_channels, *grid, device=device)
+    network = LightFieldNetwork(config).train().to(device, memory_format=TRAINING_LAYOUT)
+    encoded = torch.randn(batch, config.in_channels, *grid, device=device).contiguous(memory_format=TRAINING_LAYOUT)
 
     def train_step() -> None:
         with cpu_bf16_autocast(device):  # as MobileR2LModel trains

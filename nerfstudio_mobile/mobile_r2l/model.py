@@ -27,7 +27,7 @@ from nerfstudio_mobile.common.metrics import image_metrics, psnr
 from nerfstudio_mobile.common.precision import cpu_bf16_autocast
 from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig, encode_rays, pinhole_rays
 from nerfstudio_mobile.mobile_r2l.engine_cache import EngineCache
-from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, LightFieldNetworkConfig
+from nerfstudio_mobile.mobile_r2l.network import TRAINING_LAYOUT, LightFieldNetwork, LightFieldNetworkConfig
 
 
 @dataclass
@@ -80,7 +80,7 @@ class MobileR2LModel(Model):
             in_channels=self.config.encoding.num_channels,
             upscale_factors=tuple(scene.get("upscale_factors", self.config.network.upscale_factors)),
         )
-        self.network = LightFieldNetwork(self.network_config)
+        self.network = LightFieldNetwork(self.network_config).to(memory_format=TRAINING_LAYOUT)
         self.encoding_config = replace(self.config.encoding, space=scene.get("ray_space", self.config.encoding.space))
         near, far = scene.get("near_far") or (0.0, 1.0)  # without a teacher (eval), the checkpoint restores them
         self.register_buffer("near_far", torch.tensor([near, far], dtype=torch.float32))
@@ -112,7 +112,7 @@ class MobileR2LModel(Model):
         """The training network (or `network`, e.g. a copy being fine-tuned for export) on encoded rays (bf16
         autocast on CPUs with native bf16 unless `cpu_bf16` is off)."""
         with cpu_bf16_autocast(self.device, self.config.cpu_bf16):
-            return (self.network if network is None else network)(encoded)
+            return (self.network if network is None else network)(encoded.contiguous(memory_format=TRAINING_LAYOUT))
 
     def uses_engine(self) -> bool:
         """Renders that need no gradient, in eval mode on a CPU, may go through the fastest engine."""

@@ -31,6 +31,9 @@ from nerfstudio_mobile.common.precision import bf16_is_fast
 # checkerboard artefacts. A 1x stage keeps the resolution: small frames need a finer ray grid, not more upscaling.
 _UPSAMPLE_LAYERS: dict[int, tuple[int, int, int]] = {1: (1, 1, 0), 2: (4, 2, 1), 3: (3, 3, 0)}
 _BLOCKS_PER_SR_STAGE = 2
+TRAINING_LAYOUT = torch.channels_last
+"""Memory layout of the weights and activations in training: oneDNN's native one, so its convs and BN skip a reorder
+each way (benchmarks/results/student_step.md)."""
 
 
 @dataclass
