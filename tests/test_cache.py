@@ -21,6 +21,7 @@ from nerfstudio_mobile.mobile_r2l.cache import (
     CorruptViewError,
     PseudoViewCache,
     PseudoViewDataset,
+    caches_beside,
     collate_views,
     generate_views,
     teacher_identity,
@@ -307,6 +308,37 @@ def test_a_moved_or_copied_run_keeps_its_cache(tmp_path: Path) -> None:
         assert cache.meta == original.meta and cache.complete()
         assert generate_views(cache, render, SAMPLER.poses, progress=False) == 0
         assert cache.read(3).rgb.shape == (SIZE, SIZE, 3)
+
+
+@pytest.mark.unit
+def test_a_cache_of_more_or_fewer_views_takes_the_views_beside_it_and_renders_only_the_rest(tmp_path: Path) -> None:
+    """View i is the same render in a cache of 6 views and one of 10 (its pose is a function of seed and i): a cache
+    of the same teacher and sampler beside it gives its views, linked, not copied; the result is byte for byte a
+    cache rendered from scratch. A cache of other poses (another seed) gives nothing."""
+    rendered: list[int] = []
+
+    def counting_render(index: int, c2w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rendered.append(index)
+        return render(index, c2w)
+
+    six = PseudoViewCache(tmp_path / "views" / "360-6", make_meta(num_views=6))
+    generate_views(six, render, SAMPLER.poses, progress=False)
+    other_poses = PseudoViewCache(tmp_path / "views" / "360-10-seed1", make_meta(num_views=10, seed=1))
+    generate_views(other_poses, render, SAMPLER.poses, progress=False)
+    ten = PseudoViewCache(tmp_path / "views" / "360-10", make_meta(num_views=10))
+    beside = caches_beside(ten.root)
+    assert sorted(cache.root.name for cache in beside) == ["360-10-seed1", "360-6"]
+    assert [ten.meta.shares_views_with(cache.meta) for cache in beside] == [False, True]  # largest first
+    with pytest.raises(ValueError, match="not those of"):
+        ten.adopt_views(other_poses)
+    assert ten.adopt_views(six) == 6 and ten.missing() == [6, 7, 8, 9]
+    assert generate_views(ten, counting_render, SAMPLER.poses, progress=False) == 4 and rendered == [6, 7, 8, 9]
+    assert all(ten.view_path(i).stat().st_ino == six.view_path(i).stat().st_ino for i in range(6))
+    scratch = PseudoViewCache(tmp_path / "scratch", make_meta(num_views=10))
+    generate_views(scratch, render, SAMPLER.poses, progress=False)
+    assert view_files(ten.root) == view_files(scratch.root)
+    four = PseudoViewCache(tmp_path / "views" / "360-4", make_meta(num_views=4))
+    assert four.adopt_views(ten) == 4 and four.complete() and four.indices() == [0, 1, 2, 3]
 
 
 @pytest.mark.unit

@@ -147,6 +147,24 @@ def test_generation_resumes_after_a_kill_and_shards_into_one_cache(nas_nerf_run:
         assert (views / name).read_bytes() == (tmp_path / "ref" / "views" / name).read_bytes(), name
 
 
+def test_more_pseudo_views_of_a_teacher_render_only_the_new_ones(nas_nerf_run: Path, tmp_path: Path) -> None:
+    """A student asking the teacher for 5 views beside a cache of its first 3 takes those (hard links) and renders 2;
+    the cache is byte for byte one rendered from scratch."""
+
+    def cache_of(views: int, root: Path) -> PseudoViewCache:
+        config = PseudoViewDataManagerConfig(
+            teacher_config=nas_nerf_run, num_pseudo_views=views, pseudo_view_scale=2, pseudo_view_dir=root
+        )
+        datamanager = PseudoViewDataManager(config, test_mode="inference")
+        return build_pseudo_view_cache(config, datamanager, shard=0, num_shards=1)
+
+    cache_of(3, tmp_path / "caches" / "three")
+    grown = cache_of(5, tmp_path / "caches" / "five")
+    scratch = cache_of(5, tmp_path / "alone" / "five")
+    assert [grown.view_path(i).stat().st_nlink for i in range(5)] == [2, 2, 2, 1, 1]
+    assert [grown.view_path(i).read_bytes() == scratch.view_path(i).read_bytes() for i in range(5)] == [True] * 5
+
+
 @pytest.mark.unit
 def test_missing_or_wrong_teacher_is_explained(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="pass --pipeline.datamanager.teacher-config"):

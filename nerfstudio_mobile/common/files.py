@@ -77,6 +77,17 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         temp.write_bytes(data) if isinstance(data, bytes) else temp.write_text(data)
 
 
+def atomic_link(source: Path, path: Path) -> None:
+    """Make `path` a hard link to `source` (no bytes copied: both names share the file, and every write replaces a
+    file rather than changing it), or an atomic copy where hard links fail (another filesystem, no link support)."""
+    try:
+        os.link(source, path)
+    except FileExistsError:
+        pass  # a concurrent writer got there first, with the same content
+    except OSError:
+        atomic_write(path, Path(source).read_bytes())
+
+
 def atomic_write_json(path: Path, value: Any) -> None:
     atomic_write(path, json.dumps(value, indent=2))
 

@@ -16,6 +16,7 @@ Evaluation (ns-eval, the viewer) uses the dataset's real val/test split, exactly
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -39,6 +40,7 @@ from nerfstudio_mobile.mobile_r2l.cache import (
     CacheMeta,
     PseudoViewCache,
     PseudoViewDataset,
+    caches_beside,
     generate_views,
     teacher_identity,
 )
@@ -275,14 +277,6 @@ def build_pseudo_view_cache(
         / "pseudo_views"
         / f"{sampler.layout}-{config.num_pseudo_views}-{height}x{width}{windows}-seed{sampler.seed}{quasi}"
     )
-    teacher: Teacher | None = None
-    near_far = datamanager.near_far
-    if near_far is None and (root / "meta.json").is_file():  # estimated once, by whoever created the cache
-        near, far = PseudoViewCache.open(root).meta.extra["near_far"]
-        near_far = (near, far)
-    if near_far is None:
-        teacher = Teacher.load(config.teacher_config)
-        near_far = teacher.estimate_near_far(datamanager.train_dataparser_outputs.cameras)
     latest = latest_checkpoint(teacher_run.get_checkpoint_dir())
     if latest is None:
         raise TeacherError(
@@ -293,25 +287,48 @@ def build_pseudo_view_cache(
         check_checkpoint(latest[1])  # before its digest becomes the identity of a new cache
     except RunError as error:
         raise TeacherError(f"--pipeline.datamanager.teacher-config: {error}") from error
-    meta = CacheMeta(
-        num_views=config.num_pseudo_views,
-        height=height,
-        width=width,
-        fx=views.fx,
-        fy=views.fy,
-        cx=views.cx,
-        cy=views.cy,
-        layout=sampler.layout,
-        seed=sampler.seed,
-        # The teacher by its checkpoint's content, not by where its run sits: a moved or copied run keeps its cache.
-        teacher=teacher_identity(teacher_run.method_name, *latest),
-        extra={
-            "near_far": list(near_far),
-            "sampler": sampler.to_dict(),
-            **({"crops": crops.to_dict()} if crops else {}),
-        },
-    )
+    # The teacher by its checkpoint's content, not by where its run sits: a moved or copied run keeps its cache.
+    teacher_id = teacher_identity(teacher_run.method_name, *latest)
+
+    def cache_meta(near_far: Sequence[float]) -> CacheMeta:
+        return CacheMeta(
+            num_views=config.num_pseudo_views,
+            height=height,
+            width=width,
+            fx=views.fx,
+            fy=views.fy,
+            cx=views.cx,
+            cy=views.cy,
+            layout=sampler.layout,
+            seed=sampler.seed,
+            teacher=teacher_id,
+            extra={
+                "near_far": list(near_far),
+                "sampler": sampler.to_dict(),
+                **({"crops": crops.to_dict()} if crops else {}),
+            },
+        )
+
+    # Caches of this teacher and sampler with other numbers of views hold this one's first views.
+    others = [
+        other
+        for other in caches_beside(root)
+        if cache_meta(other.meta.extra.get("near_far", ())).shares_views_with(other.meta)
+    ]
+    teacher: Teacher | None = None
+    near_far = datamanager.near_far
+    if near_far is None and (root / "meta.json").is_file():  # estimated once, by whoever created the cache
+        near_far = PseudoViewCache.open(root).meta.extra["near_far"]
+    if near_far is None and others:
+        near_far = others[0].meta.extra["near_far"]
+    if near_far is None:
+        teacher = Teacher.load(config.teacher_config)
+        near_far = teacher.estimate_near_far(datamanager.train_dataparser_outputs.cameras)
+    meta = cache_meta(near_far)
     cache = PseudoViewCache(root, meta)
+    for other in others:
+        if meta.shares_views_with(other.meta) and (adopted := cache.adopt_views(other)):
+            CONSOLE.print(f"Took {adopted} pseudo views from {other.root} (the same teacher and poses)")
     cache.verify(shard, num_shards)  # a view torn by a crash is set aside here, and rendered again below
     if cache.missing(shard, num_shards):
         teacher = teacher or Teacher.load(config.teacher_config)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +72,11 @@ class CacheMeta:
             return cls(**fields)
         except TypeError as error:
             raise ValueError(str(error)) from error
+
+    def shares_views_with(self, other: CacheMeta) -> bool:
+        """Whether view i of `other` is view i of this cache wherever both hold it: all but the number of views is
+        equal, and a view's pose is a function of the sampler, its seed and i alone."""
+        return not replace(self, num_views=other.num_views).differences(other)
 
     def differences(self, other: CacheMeta) -> list[str]:
         """Human-readable 'field: ours vs theirs' for every value that differs, nested ones named by their dotted

@@ -21,6 +21,7 @@ from torch import Tensor
 from nerfstudio_mobile.common.cli import UsageError
 from nerfstudio_mobile.common.files import (
     PARTIAL_SUFFIX,
+    atomic_link,
     atomic_write,
     disk_full_as_usage_error,
     make_dirs,
@@ -110,6 +111,17 @@ class PseudoViewCache:
 
     def complete(self) -> bool:
         return not self.missing()
+
+    def adopt_views(self, other: PseudoViewCache) -> int:
+        """Link in the views this cache is missing that `other` holds, where `other` is a cache of the same teacher,
+        sampler and frame with another number of views (`CacheMeta.shares_views_with`): a cache grown to more views
+        renders only the new ones. Returns how many it adopted."""
+        if not self.meta.shares_views_with(other.meta):
+            raise ValueError(f"the views of {other.root} are not those of {self.root}")
+        adopted = sorted(set(self.missing()) & set(other.indices()))
+        for index in adopted:
+            atomic_link(other.view_path(index), self.view_path(index))
+        return len(adopted)
 
     def write(
         self,
@@ -233,3 +245,16 @@ class PseudoViewCache:
 def check_shard(shard: int, num_shards: int) -> None:
     if not 0 <= shard < num_shards:
         raise ValueError(f"shard must be in [0, num_shards={num_shards}), got {shard}")
+
+
+def caches_beside(root: Path) -> list[PseudoViewCache]:
+    """The readable caches in the directories next to `root` (a teacher's caches of different view counts sit side
+    by side), largest first."""
+    caches = []
+    for meta_path in Path(root).parent.glob(f"*/{META_FILENAME}"):
+        if meta_path.parent != Path(root):
+            try:
+                caches.append(PseudoViewCache.open(meta_path.parent))
+            except (OSError, CacheMismatchError):
+                continue  # another format, or not ours to read: nothing to take from it
+    return sorted(caches, key=lambda cache: -cache.meta.num_views)
