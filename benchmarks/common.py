@@ -51,6 +51,12 @@ def write_results(name: str, result: dict[str, Any], markdown: str, directory: P
     print(markdown)
 
 
+def markdown_table(title: str, columns: list[str], rows: list[str], note: str = "") -> str:
+    """A results file's markdown: `## title`, an optional note, and a table of `columns` over preformatted `rows`."""
+    return "\n".join([f"## {title}", "", *([note, ""] if note else []), "| " + " | ".join(columns) + " |",
+                      "|" + "---|" * len(columns), *rows, ""])  # fmt: skip
+
+
 def timed(work: Callable[[], T]) -> tuple[T, float]:
     """`work()` once, with the seconds it took (timed as nerfstudio_mobile.common.timing times every call)."""
     results: list[T] = []

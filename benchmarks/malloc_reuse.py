@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from common import machine, write_results
+from common import machine, markdown_table, write_results
 
 from nerfstudio_mobile.common.compat import KEPT_FREED_BYTES, keep_freed_memory
 from nerfstudio_mobile.demo.demo import Demo
@@ -45,14 +45,11 @@ def main() -> None:
         f"| {k.replace('_', ' ')} | {base[k] * 1e6:.3g} µs | {ours[k] * 1e6:.3g} µs | {result['speedup'][k]:.2f}× |"
         for k in base
     ]
-    table = "\n".join([
-        f"## glibc memory reuse ({result['machine']}, the demo's networks, median of {ROUNDS} interleaved rounds)",
-        "",
-        "| rate | mmap threshold 32 MB | 1 GiB (ours) | speed-up |",
-        "|---|---|---|---|",
-        *rows,
-        "",
-    ])  # fmt: skip
+    table = markdown_table(
+        f"glibc memory reuse ({result['machine']}, the demo's networks, median of {ROUNDS} interleaved rounds)",
+        ["rate", "mmap threshold 32 MB", "1 GiB (ours)", "speed-up"],
+        rows,
+    )
     write_results("malloc_reuse", result, table)
 
 

@@ -12,7 +12,7 @@ import statistics
 from collections.abc import Callable
 
 import torch
-from common import cpu_model, machine, write_results
+from common import cpu_model, machine, markdown_table, write_results
 
 from nerfstudio_mobile.common.precision import cpu_bf16_autocast
 from nerfstudio_mobile.common.timing import round_robin_seconds
@@ -53,16 +53,12 @@ def main() -> None:
         result["ms"][scene] = ms
         first, last = ms["channels-first"], ms["channels-last"]
         rows.append(f"| {scene} | {first:.0f} | {last:.0f} | {first / last:.2f}× |")
-    table = "\n".join([
-        f"## Student training step by memory layout ({result['machine']}; {result['cpu']})",
-        "",
+    table = markdown_table(
+        f"Student training step by memory layout ({result['machine']}; {result['cpu']})",
+        ["student", "channels-first ms", "channels-last ms (ours)", "speed-up"],
+        rows,
         f"Width 256, 8 blocks, {IMAGES_PER_BATCH} whole frames a step; median of {ROUNDS} interleaved rounds.",
-        "",
-        "| student | channels-first ms | channels-last ms (ours) | speed-up |",
-        "|---|---|---|---|",
-        *rows,
-        "",
-    ])  # fmt: skip
+    )
     write_results("student_step", result, table)
 
 
