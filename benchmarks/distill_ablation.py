@@ -42,8 +42,10 @@ from nerfstudio_mobile.demo.demo import Demo
 # The demo's recipe up to 0.2. The first variants change one knob of it; those after "demo-now" one knob of the
 # recipe it led to (the learning rate still stepped down), those after "cosine" one knob of the recipe with the cosine
 # decay (its real-image fine-tuning the last tenth of the steps; the demo's defaults now fine-tune the last fifth).
-# The recipes before "real-share-0.2" trained on pseudo views only until the fine-tuning (the demo's default since).
-PSEUDO_VIEWS_ONLY: dict[str, Any] = {"demo.student_real_share": 0.0}
+# Every recipe measured here trained 1500 steps (the demo's default until "steps-2000"), and those before
+# "real-share-0.2" on pseudo views only until the fine-tuning (the demo's default since).
+STEPS_1500: dict[str, Any] = {"demo.student_steps": 1500}
+PSEUDO_VIEWS_ONLY: dict[str, Any] = {"demo.student_real_share": 0.0, **STEPS_1500}
 FINETUNE_TENTH: dict[str, Any] = {"demo.student_finetune_fraction": 0.1, **PSEUDO_VIEWS_ONLY}
 STEP_DECAY: dict[str, Any] = {"scheduler.decay": "steps", **FINETUNE_TENTH}
 OLD_RECIPE: dict[str, Any] = {"network.width": 64, "network.num_blocks": 6, "optimizer.lr": 2e-3, **STEP_DECAY}
@@ -154,7 +156,7 @@ GROUPS: list[tuple[str, str, dict[str, Any]]] = [
     ("demo-now", "demo-now", STEP_DECAY),
     ("cosine", "cosine", FINETUNE_TENTH),
     ("real-share-0.2", "cosine-finetune-300", PSEUDO_VIEWS_ONLY),  # the demo's defaults then
-    ("steps-2000", "real-share-0.4", {}),  # the demo's defaults
+    ("steps-2000", "real-share-0.4", STEPS_1500),  # the demo's defaults then
 ]
 
 
