@@ -126,8 +126,9 @@ def test_generation_resumes_after_a_kill_and_shards_into_one_cache(nas_nerf_run:
     num_views = 8
     args = ["--datamanager.teacher-config", str(nas_nerf_run), "--datamanager.num-pseudo-views", str(num_views),
             "--datamanager.pseudo-view-scale", "2"]  # fmt: skip
+    reference = tmp_path / "apart" / "ref"  # not beside the sharded cache, which would take its views
     reference_config = PseudoViewDataManagerConfig(
-        teacher_config=nas_nerf_run, num_pseudo_views=num_views, pseudo_view_scale=2, pseudo_view_dir=tmp_path / "ref"
+        teacher_config=nas_nerf_run, num_pseudo_views=num_views, pseudo_view_scale=2, pseudo_view_dir=reference
     )
     build_pseudo_view_cache(
         reference_config, PseudoViewDataManager(reference_config, test_mode="inference"), shard=0, num_shards=1
@@ -141,10 +142,10 @@ def test_generation_resumes_after_a_kill_and_shards_into_one_cache(nas_nerf_run:
     assert 0 < killed_with < num_views // 2, "the kill should land mid-way"
     run_ns([*command, "--shard", "0", "--num-shards", "2"], cwd=tmp_path)
     run_ns([*command, "--shard", "1", "--num-shards", "2"], cwd=tmp_path)
-    reference_files = sorted(p.name for p in (tmp_path / "ref" / "views").iterdir())
+    reference_files = sorted(p.name for p in (reference / "views").iterdir())
     assert sorted(p.name for p in views.iterdir()) == reference_files and len(reference_files) == num_views
     for name in reference_files:
-        assert (views / name).read_bytes() == (tmp_path / "ref" / "views" / name).read_bytes(), name
+        assert (views / name).read_bytes() == (reference / "views" / name).read_bytes(), name
 
 
 def test_more_pseudo_views_of_a_teacher_render_only_the_new_ones(nas_nerf_run: Path, tmp_path: Path) -> None:
