@@ -43,8 +43,11 @@ from nerfstudio_mobile.demo.demo import Demo
 # recipe it led to (the learning rate still stepped down), those after "cosine" one knob of the recipe with the cosine
 # decay (its real-image fine-tuning the last tenth of the steps; the demo's defaults now fine-tune the last fifth).
 # Every recipe measured here trained 1500 steps (the demo's default until "steps-2000"), and those before
-# "real-share-0.2" on pseudo views only until the fine-tuning (the demo's default since).
-STEPS_1500: dict[str, Any] = {"demo.student_steps": 1500}
+# "real-share-0.2" on pseudo views only until the fine-tuning (the demo's default since); every one before
+# "defaults-upscale-4x" on a 12² ray grid upscaled 8× (the paper's factors, the demo's until the student chose a finer
+# ray grid for small frames).
+PAPER_GRID: dict[str, Any] = {"datamanager.upscale_factors": (2, 2, 2)}
+STEPS_1500: dict[str, Any] = {"demo.student_steps": 1500, **PAPER_GRID}
 PSEUDO_VIEWS_ONLY: dict[str, Any] = {"demo.student_real_share": 0.0, **STEPS_1500}
 FINETUNE_TENTH: dict[str, Any] = {"demo.student_finetune_fraction": 0.1, **PSEUDO_VIEWS_ONLY}
 STEP_DECAY: dict[str, Any] = {"scheduler.decay": "steps", **FINETUNE_TENTH}
@@ -149,6 +152,21 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "the demo's defaults, 2000 steps and 200 pseudo views",
         {"demo.student_steps": 2000, "demo.pseudo_views": 200},
     ),
+    "defaults-upscale-4x": (
+        "the demo's defaults then, a 24² ray grid upscaled 4× instead of 12² upscaled 8× (four times the backbone's "
+        "rays; the default since, for frames this small)",
+        {"datamanager.upscale_factors": (1, 2, 2)},
+    ),
+    "defaults-frequencies-4": (
+        "the demo's defaults then, L = 4 encoding frequencies (smoother in the ray, to interpolate between views)",
+        {"encoding.num_frequencies": 4},
+    ),
+    "defaults-points-4": ("the demo's defaults then, K = 4 points per ray", {"encoding.num_points": 4}),
+    "now-steps-2500": (
+        "the demo's defaults now (the 24² ray grid), 2500 student steps instead of 2000",
+        {"demo.student_steps": 2500},
+    ),
+    "now-views-200": ("the demo's defaults now, 200 pseudo views instead of 100", {"demo.pseudo_views": 200}),
 }
 # Groups of variants: (its first variant, the row of the recipe its variants change one knob of, that recipe)
 GROUPS: list[tuple[str, str, dict[str, Any]]] = [
@@ -157,6 +175,8 @@ GROUPS: list[tuple[str, str, dict[str, Any]]] = [
     ("cosine", "cosine", FINETUNE_TENTH),
     ("real-share-0.2", "cosine-finetune-300", PSEUDO_VIEWS_ONLY),  # the demo's defaults then
     ("steps-2000", "real-share-0.4", STEPS_1500),  # the demo's defaults then
+    ("defaults-upscale-4x", "steps-2000", PAPER_GRID),  # the demo's defaults then
+    ("now-steps-2500", "defaults-upscale-4x", {}),  # the demo's defaults now
 ]
 
 
@@ -306,8 +326,11 @@ def markdown(result: dict[str, Any]) -> str:
         "scene's test views (96×96). Each student above demo-now changes one thing from the demo's 0.2 recipe (1500 "
         "steps, 8 views per step, the last 150 on the real training images), each below it up to cosine one thing from "
         "demo-now, each below cosine (the demo's defaults until they fine-tuned the last fifth) up to real-share-0.2 "
-        "one thing from cosine, each from real-share-0.2 on one thing from the demo's defaults (cosine-finetune-300); "
-        "'vs base' compares with that recipe. Train min includes rendering pseudo views not rendered before.",
+        "one thing from cosine, each from real-share-0.2 up to steps-2000 one thing from the demo's defaults "
+        "(cosine-finetune-300), each from steps-2000 up to defaults-upscale-4x one thing from the defaults then "
+        "(real-share-0.4), each from defaults-upscale-4x up to now-steps-2500 one thing from those of steps-2000, each "
+        "from now-steps-2500 on one thing from the defaults now (defaults-upscale-4x); 'vs base' compares with that "
+        "recipe. Train min includes rendering pseudo views not rendered before.",
         "",
         f"vs teacher at 1× / 2× / 4×: the student's PSNR against the teacher on {result['viewer_poses']} test poses "
         "rendered at 1×, 2× and 4× the training resolution, as a viewer asks for larger frames (finer rays than any "

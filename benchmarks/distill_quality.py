@@ -1,8 +1,8 @@
 """Distillation quality at a CPU-feasible scale on the shared real scenes: teacher PSNR/SSIM, student PSNR/SSIM,
 the gap, pseudo-view disk per view, render latency of both, and the phone packages' sizes.
 
-    python benchmarks/distill_quality.py --scene lego   # Blender, 360°, 8×: 128×128 frames from a 16×16 ray grid
-    python benchmarks/distill_quality.py --scene fern   # LLFF, forward-facing, 12×: 168×126 frames from 14×11
+    python benchmarks/distill_quality.py --scene lego   # Blender, 360°, 4×: 128×128 frames from a 32×32 ray grid
+    python benchmarks/distill_quality.py --scene fern   # LLFF, forward-facing, 6×: 168×126 frames from 28×21
     python benchmarks/distill_quality.py --scene fox --teacher nerfacto   # a phone capture (OpenCV distortion)
 
 Each runs `ns-mobile-demo --data` (resumable: re-run after a kill), which trains on a shrunk copy of the scene
@@ -46,8 +46,10 @@ class DistillQuality:
     """Lego: every 8th of the 200 test views (eval on 2 cores stays affordable). Fern keeps LLFF's own split."""
     teacher_steps: int = 5000
     teacher_rays: int = 512
-    student_steps: int = 10000
-    """With 500 pseudo views, 16k steps were no better than 10k on lego (results/distill_lego_amx-16k.md)."""
+    student_steps: int = 8000
+    """What fits lego's hour end to end with 1000 pseudo views and the student's 32² ray grid, whose steps cost more
+    than the 16² grid's (results/distill_lego_amx-grid-32.md); with 500 views on the 16² grid, 16k steps were no
+    better than 10k (results/distill_lego_amx-16k.md)."""
     student_lr: float = 2e-3
     """The demo's 5e-3 diverged at step ~4600 of 10k on lego (results/distill_lego_lr-5e-3.md)."""
     pseudo_views: int = 1000
@@ -110,6 +112,7 @@ def recipes_table(name: str, summary: dict, others: dict[str, dict]) -> str:
     for key, result in sorted({**others, name: summary}.items(), key=lambda item: minutes(item[1])):
         setup = {knob: value for knob, value in result["setup"].items() if knob in RECIPE_KNOBS}
         setup.update({knob: result["setup"].get(knob, earlier) for knob, earlier in EARLIER.items()})
+        setup["upscale"] = result["upscale"]  # the student's super-resolution, from its ray grid to the frame
         teacher, student = result["teacher"]["psnr"], result["student"]["psnr"]
         stage_minutes = {**result.get("stage_minutes", {}), **result.get("reused_stage_minutes", {})}
         teacher_minutes = stage_minutes.get(TEACHER)

@@ -20,9 +20,11 @@ from nerfstudio_mobile.export.cli import CoreMLExport, OnnxExport
 from nerfstudio_mobile.mobile_r2l.cache import PseudoViewCache
 from nerfstudio_mobile.mobile_r2l.configs import mobile_r2l_trainer
 from nerfstudio_mobile.mobile_r2l.datamanager import (
+    MIN_RAYS_PER_SIDE,
     PseudoViewDataManager,
     PseudoViewDataManagerConfig,
     build_pseudo_view_cache,
+    upscale_factors_for,
 )
 from nerfstudio_mobile.mobile_r2l.model import MobileR2LModel, MobileR2LModelConfig
 from nerfstudio_mobile.mobile_r2l.near_plane import geometric_near_range
@@ -241,6 +243,48 @@ def test_a_stock_depth_nerfacto_teacher_of_an_rgbd_capture_distils_with_no_extra
     assert floor <= near * (1 + 1e-6) and near <= cap * (1 + 1e-6)
     camera, _ = student.datamanager.fixed_indices_eval_dataloader[0]
     assert torch.isfinite(student.model.get_outputs_for_camera(camera)["rgb"]).all()
+
+
+def test_small_frames_get_a_finer_ray_grid_and_the_papers_keep_theirs() -> None:
+    # the paper's 800² (360) and LLFF's 1008×756 (forward-facing) frames keep MobileR2L's 8× and 12×
+    assert upscale_factors_for("360", 800, 800, MIN_RAYS_PER_SIDE) == (2, 2, 2)
+    assert upscale_factors_for("forward-facing", 756, 1008, MIN_RAYS_PER_SIDE) == (2, 2, 3)
+    # the demo's 96² and lego's 128²: 24² and 32² rays upscaled 4×; fern's 168×126: 28×21 rays upscaled 6×
+    assert upscale_factors_for("360", 96, 96, MIN_RAYS_PER_SIDE) == (1, 2, 2)
+    assert upscale_factors_for("360", 128, 128, MIN_RAYS_PER_SIDE) == (1, 2, 2)
+    assert upscale_factors_for("forward-facing", 126, 168, MIN_RAYS_PER_SIDE) == (1, 2, 3)
+    # tiny frames: only the last stage upsamples; 0 keeps the paper's factors at any size
+    assert upscale_factors_for("360", 16, 16, MIN_RAYS_PER_SIDE) == (1, 1, 2)
+    assert upscale_factors_for("360", 96, 96, 0) == (2, 2, 2)
+
+
+def test_a_student_of_small_frames_trains_and_renders_on_the_finer_ray_grid(mobile_r2l_run: Path) -> None:
+    config, student, _ = load_run(mobile_r2l_run)
+    assert config.pipeline.datamanager.upscale_factors is None  # the defaults chose
+    model = student.model
+    assert model.network_config.upscale_factors == (1, 1, 2)  # the tests' 48² frames: 24² rays
+    encoded, size = model.encode(student.datamanager.eval_dataset.cameras[0:1], jitter=False)
+    assert encoded.shape[-2:] == (24, 24) and size == (48, 48)
+
+
+def test_a_checkpoint_of_other_upscale_factors_renders_as_trained_and_resumes_only_when_told() -> None:
+    def student(factors: tuple[int, ...]) -> MobileR2LModel:
+        config = MobileR2LModelConfig(network=LightFieldNetworkConfig(width=16, num_blocks=1), fastest_cpu_engine=False)
+        return config.setup(
+            scene_box=SceneBox(torch.tensor([[-1.0] * 3, [1.0] * 3])), num_train_data=1,
+            metadata={"mobile_r2l": {"upscale_factors": factors, "near_far": (0.5, 3.0)}},
+        )  # fmt: skip
+
+    trained = student((2, 2, 2)).eval()  # e.g. a run from before the student fitted its ray grid to the frame size
+    camera = Intrinsics(40.0, 40.0, 24.0, 24.0, 48, 48).cameras(torch.eye(4)[None, :3])
+    expected = trained.get_outputs_for_camera(camera)["rgb"]
+    loaded = student((1, 1, 2)).eval()  # what today's defaults build for 48² frames
+    loaded.load_state_dict(trained.state_dict())
+    assert loaded.upscale == 8
+    assert torch.equal(loaded.get_outputs_for_camera(camera)["rgb"], expected)
+    resuming = student((1, 1, 2))  # training: its optimizer would hold the parameters of the network it was built with
+    with pytest.raises(UsageError, match="--pipeline.datamanager.upscale-factors 2 2 2"):
+        resuming.load_state_dict(trained.state_dict())
 
 
 def test_forward_facing_student_upscales_12x_and_renders_any_size() -> None:

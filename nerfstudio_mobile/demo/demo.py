@@ -21,7 +21,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -60,8 +60,9 @@ from nerfstudio_mobile.demo.run_estimate import CostRates, RunPlan, paper_plan, 
 from nerfstudio_mobile.export.errors import MissingDependencyError
 from nerfstudio_mobile.mobile_r2l.cache.generate import VIEWS_RENDERED
 from nerfstudio_mobile.mobile_r2l.configs import mobile_r2l_trainer
+from nerfstudio_mobile.mobile_r2l.datamanager import MIN_RAYS_PER_SIDE, upscale_factors_for
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetworkConfig
-from nerfstudio_mobile.mobile_r2l.views import SphereViewSampler
+from nerfstudio_mobile.mobile_r2l.views import SphereViewSampler, detect_layout
 
 CONSOLE = Console()
 IMAGES_PER_BATCH = 8
@@ -193,10 +194,12 @@ class Demo:
     def plan(self, teacher: TrainerConfig) -> RunPlan:
         parser = teacher.pipeline.datamanager.dataparser.setup()
         cameras = parser.get_dataparser_outputs("train").cameras
+        frame = (int(cameras.height[0]), int(cameras.width[0]))
+        factors = upscale_factors_for(detect_layout(cameras.camera_to_worlds), *frame, MIN_RAYS_PER_SIDE)
         return RunPlan(
             teacher=teacher.pipeline.model, teacher_steps=self.teacher_steps, teacher_rays=self.teacher_rays,
-            student=self.student, student_steps=self.student_steps, images_per_batch=IMAGES_PER_BATCH,
-            frame=(int(cameras.height[0]), int(cameras.width[0])), pseudo_views=self.pseudo_views,
+            student=replace(self.student, upscale_factors=factors), student_steps=self.student_steps,
+            images_per_batch=IMAGES_PER_BATCH, frame=frame, pseudo_views=self.pseudo_views,
             test_views=len(parser.get_dataparser_outputs("test").image_filenames),
         )  # fmt: skip
 

@@ -56,6 +56,21 @@ from nerfstudio_mobile.mobile_r2l.views import PseudoViewSamplerConfig, ViewCrop
 
 # MobileR2L's super-resolution factors per scene layout: 8× for 360 scenes, 12× for forward-facing ones.
 UPSCALE_FACTORS: dict[str, tuple[int, ...]] = {"360": (2, 2, 2), "forward-facing": (2, 2, 3)}
+MIN_RAYS_PER_SIDE = 20
+"""The default of `min_rays_per_side`: at the demo's 96×96, a 24² ray grid upscaled 4× gave a better student than 12²
+upscaled 8× (benchmarks/results/distill_ablation_now.md)."""
+
+
+def upscale_factors_for(layout: str, height: int, width: int, min_rays: int) -> tuple[int, ...]:
+    """The layout's factors, with leading stages set to 1× (they keep the size) until the ray grid has at least
+    `min_rays` rays along the frame's short side, or only the last stage upsamples. The paper's frames (800², LLFF's
+    1008×756) keep theirs; small ones get a finer ray grid instead of more upscaling."""
+    factors = list(UPSCALE_FACTORS[layout])
+    for stage in range(len(factors) - 1):
+        if min(height, width) / math.prod(factors) >= min_rays:
+            break
+        factors[stage] = 1
+    return tuple(factors)
 
 
 @dataclass
@@ -100,7 +115,11 @@ class PseudoViewDataManagerConfig(FullImageDatamanagerConfig):
     far: float | None = None
     """Student far plane; default as for near."""
     upscale_factors: tuple[int, ...] | None = None
-    """Super-resolution factors; default (2, 2, 2) for 360 scenes and (2, 2, 3) for forward-facing ones."""
+    """Super-resolution factors; default (2, 2, 2) for 360 scenes and (2, 2, 3) for forward-facing ones, with leading
+    stages at 1× where the pseudo views are too small for `min_rays_per_side`."""
+    min_rays_per_side: int = MIN_RAYS_PER_SIDE
+    """With the default upscale factors, the fewest rays along the pseudo views' short side (0: the paper's factors
+    at any size)."""
     ram_budget_gb: float = 8.0
     """Decoded pseudo views kept in RAM; beyond it they are decoded from disk on access."""
 
@@ -154,7 +173,6 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
         self.ray_space = teacher_ray_space(teacher_config)
         train_c2w = self.train_dataparser_outputs.cameras.camera_to_worlds
         self.view_sampler = make_view_sampler(config.sampler, train_c2w)
-        self.upscale_factors = config.upscale_factors or UPSCALE_FACTORS[self.view_sampler.layout]
         explicit = (config.near, config.far) if config.near is not None and config.far is not None else None
         scene_near_far = self.train_dataparser_outputs.metadata.get("near_far")  # e.g. llff-data's bounds
         self.near_far: tuple[float, float] | None = explicit or scene_near_far or collider_near_far(teacher_config)
@@ -163,6 +181,9 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
         self.pseudo_views: PseudoViewDataset | None = None
         scale = config.pseudo_view_scale
         self.frame = self.pinhole.resized(round(self.pinhole.width * scale), round(self.pinhole.height * scale))
+        self.upscale_factors = config.upscale_factors or upscale_factors_for(
+            self.view_sampler.layout, self.frame.height, self.frame.width, config.min_rays_per_side
+        )
         self.crops = None
         if config.crop_fraction < 1 or any(zoom != 1 for zoom in config.zoom_levels):
             block, seed = math.prod(self.upscale_factors), config.sampler.seed

@@ -13,7 +13,9 @@ network while they change).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import torch
 from nerfstudio.cameras.cameras import Cameras
@@ -22,12 +24,18 @@ from nerfstudio.utils import colormaps
 from torch import Tensor, nn
 from torch.nn import Parameter
 
+from nerfstudio_mobile.common.cli import UsageError
 from nerfstudio_mobile.common.compat import optional_lpips
 from nerfstudio_mobile.common.metrics import image_metrics, psnr
 from nerfstudio_mobile.common.precision import cpu_bf16_autocast
 from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig, encode_rays, pinhole_rays
 from nerfstudio_mobile.mobile_r2l.engine_cache import EngineCache
-from nerfstudio_mobile.mobile_r2l.network import TRAINING_LAYOUT, LightFieldNetwork, LightFieldNetworkConfig
+from nerfstudio_mobile.mobile_r2l.network import (
+    TRAINING_LAYOUT,
+    LightFieldNetwork,
+    LightFieldNetworkConfig,
+    upscale_factors_of,
+)
 
 
 @dataclass
@@ -88,6 +96,24 @@ class MobileR2LModel(Model):
         self.register_buffer("finest_focal", torch.tensor(float(scene.get("finest_focal", 0.0))))
         self.lpips = optional_lpips()
         self.engine_cache = EngineCache()
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """A checkpoint whose network upscales otherwise than the factors this model was built with (a run from before
+        the student fitted its ray grid to the frame size, or one given other factors): to render, evaluate or export
+        it, the network is rebuilt as the checkpoint has it; resuming its training needs those factors given."""
+        factors = upscale_factors_of(state_dict, prefix="network.")
+        if factors is not None and factors != tuple(self.network_config.upscale_factors):
+            if self.training:
+                raise UsageError(
+                    f"the checkpoint's student upscales {'×'.join(map(str, factors))} per stage, not "
+                    f"{'×'.join(map(str, self.network_config.upscale_factors))}: pass --pipeline.datamanager."
+                    f"upscale-factors {' '.join(map(str, factors))} to resume it."
+                )
+            self.network_config = replace(self.network_config, upscale_factors=factors)
+            self.network = LightFieldNetwork(self.network_config).to(
+                self.near_far.device, memory_format=TRAINING_LAYOUT
+            )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @property
     def upscale(self) -> int:

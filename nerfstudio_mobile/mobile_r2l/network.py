@@ -17,7 +17,7 @@ to know near/far at export time) and with a non-vanishing gradient for any posit
 
 import copy
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -71,6 +71,16 @@ class LightFieldNetworkConfig:
             )
         if any(s not in _UPSAMPLE_LAYERS for s in self.upscale_factors):
             raise ValueError(f"upscale factors must each be 1, 2 or 3, got {self.upscale_factors}")
+
+
+def upscale_factors_of(state_dict: Mapping[str, Tensor], prefix: str = "") -> tuple[int, ...] | None:
+    """The per-stage factors a LightFieldNetwork's weights were made with (read from its conv-transposes' kernels);
+    None when `state_dict` holds no such network under `prefix`."""
+    factor_of_kernel = {kernel: factor for factor, (kernel, _, _) in _UPSAMPLE_LAYERS.items()}
+    factors: list[int] = []
+    while (weight := state_dict.get(f"{prefix}upsample.{len(factors)}.0.weight")) is not None:
+        factors.append(factor_of_kernel[weight.shape[-1]])
+    return tuple(factors) or None
 
 
 def conv1x1(in_channels: int, out_channels: int) -> nn.Conv2d:
