@@ -3,7 +3,7 @@
     ns-export-mobile coreml --load-config outputs/<scene>/mobile-r2l/<run>/config.yml --output-dir exports/
     ns-export-mobile coreml ... --input-modes pose --compressions none palettize4
     ns-export-mobile coreml ... --compressions palettize4-g16 palettize3-g16 w8a8
-    ns-export-mobile coreml ... --compressions palettize3-g16-finetuned --palette-training.steps 300
+    ns-export-mobile coreml ... --compressions palettize3-g16-finetuned --palette-training.steps 300  # quicker
     ns-export-mobile onnx --load-config ... --output-dir exports-onnx/ --quantize none int8
 
 Every file is read back and executed (Core ML: by a torch interpreter of its ML program, since Core ML runs
