@@ -267,7 +267,7 @@ def markdown(result: dict) -> str:
         f"# Core ML package sizes: paper MobileR2L ({sizes['params'] / 1e6:.2f} M params, "
         f"{sizes['gmac_per_frame']:.1f} GMAC per {result['frame']} frame)",
         "",
-        f"Random init, `rays` input, fp16 compute, compressed weights from {coreml.COMPRESSION_MIN_ELEMENTS} "
+        f"Random init, `rays` input, fp16 compute, compressed weights of more than {coreml.COMPRESSION_THRESHOLD} "
         f"elements on (coremltools' default), the stem kept at >= {coreml.STEM_MIN_BITS} bits; iOS 16 formats, "
         "palettes per group of output channels (-g<size>, iOS 18), w8a8 (int8 activations too, iOS 17); ONNX "
         "fp32 and static int8 QDQ (w8a8). Int8 activations calibrated on "

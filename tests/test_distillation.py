@@ -258,13 +258,17 @@ def test_small_frames_get_a_finer_ray_grid_and_the_papers_keep_theirs() -> None:
     assert upscale_factors_for("360", 96, 96, 0) == (2, 2, 2)
 
 
-def test_a_student_of_small_frames_trains_and_renders_on_the_finer_ray_grid(mobile_r2l_run: Path) -> None:
-    config, student, _ = load_run(mobile_r2l_run)
-    assert config.pipeline.datamanager.upscale_factors is None  # the defaults chose
-    model = student.model
-    assert model.network_config.upscale_factors == (1, 1, 2)  # the tests' 48² frames: 24² rays
-    encoded, size = model.encode(student.datamanager.eval_dataset.cameras[0:1], jitter=False)
-    assert encoded.shape[-2:] == (24, 24) and size == (48, 48)
+def test_a_student_of_small_frames_gets_the_finer_ray_grid(nas_nerf_run: Path) -> None:
+    def factors(**settings: float) -> tuple[int, ...]:
+        config = PseudoViewDataManagerConfig(teacher_config=nas_nerf_run, **settings)  # type: ignore[arg-type]
+        datamanager = PseudoViewDataManager(config, test_mode="inference")
+        scene = datamanager.train_dataset.metadata["mobile_r2l"]  # what the student's model is built from
+        assert scene["upscale_factors"] == datamanager.upscale_factors
+        return datamanager.upscale_factors
+
+    assert factors() == (1, 1, 2)  # the tests' 48² frames: 24² rays
+    assert factors(min_rays_per_side=0) == (2, 2, 2)  # the paper's
+    assert factors(pseudo_view_scale=2) == (1, 2, 2)  # 96² pseudo views: 24² rays, as the demo
 
 
 def test_a_checkpoint_of_other_upscale_factors_renders_as_trained_and_resumes_only_when_told() -> None:

@@ -377,13 +377,13 @@ def test_fewer_palette_bits_give_smaller_grouped_packages(coreml_files: CoreMLFi
     # A palette per 16 channels fits the weights better than one per tensor with the same bits, over all the
     # palettized weights (not layer by layer: k-means stops in local optima; nor in the rendering, where a few small
     # layers weigh most: on the tests' student 4-bit per 16 channels has rendered up to 2 dB below per tensor).
-    from nerfstudio_mobile.export.palette_training import COMPRESSION_MIN_ELEMENTS
+    from nerfstudio_mobile.export.palette_training import COMPRESSION_THRESHOLD
 
     reference = stored_conv_weights(coreml_files["pose", "fp16"].path)
 
     def weight_error(weights: str) -> float:
         stored = stored_conv_weights(coreml_files["pose", weights].path)
-        pairs = [(q, w) for q, w in zip(stored, reference, strict=True) if w.numel() >= COMPRESSION_MIN_ELEMENTS]
+        pairs = [(q, w) for q, w in zip(stored, reference, strict=True) if w.numel() > COMPRESSION_THRESHOLD]
         return sum(float(((q - w) ** 2).sum()) for q, w in pairs) / sum(float((w**2).sum()) for _, w in pairs)
 
     assert weight_error("palettize4-g16") < weight_error("palettize4")

@@ -42,7 +42,7 @@ from coremltools.models.utils import _apply_graph_pass  # noqa: E402
 
 from nerfstudio_mobile.export.mil import run_program  # noqa: E402
 from nerfstudio_mobile.export.palette_training import (  # noqa: E402
-    COMPRESSION_MIN_ELEMENTS,
+    COMPRESSION_THRESHOLD,
     STEM_MIN_BITS,
     palettized_layers,
 )
@@ -144,10 +144,10 @@ def check_group_size(network: nn.Module, compression: Compression) -> None:
 
 
 def _int8_weights(model: MLModel) -> MLModel:
-    """Per-output-channel symmetric int8 weights (from COMPRESSION_MIN_ELEMENTS elements on)."""
+    """Per-output-channel symmetric int8 weights (of weights with more than COMPRESSION_THRESHOLD elements)."""
     config = cto.OptimizationConfig(
         global_config=cto.OpLinearQuantizerConfig(
-            mode="linear_symmetric", dtype="int8", weight_threshold=COMPRESSION_MIN_ELEMENTS
+            mode="linear_symmetric", dtype="int8", weight_threshold=COMPRESSION_THRESHOLD
         )
     )
     return cto.linear_quantize_weights(model, config)
@@ -208,12 +208,12 @@ def compress(model: MLModel, compression: Compression, samples: Sequence[dict[st
         # "unique" infers the bits from the values, at most nbits for a fine-tuned network
         mode = {"nbits": None, "mode": "unique"} if weights.finetuned else {"nbits": nbits, "mode": "kmeans"}
         if weights.group_size is None:
-            return cto.OpPalettizerConfig(**mode, weight_threshold=COMPRESSION_MIN_ELEMENTS)
+            return cto.OpPalettizerConfig(**mode, weight_threshold=COMPRESSION_THRESHOLD)
         return cto.OpPalettizerConfig(
             **mode,
             granularity="per_grouped_channel",
             group_size=weights.group_size,
-            weight_threshold=COMPRESSION_MIN_ELEMENTS,
+            weight_threshold=COMPRESSION_THRESHOLD,
         )
 
     config = cto.OptimizationConfig(

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor
 
 from nerfstudio_mobile.export.coreml import (
-    COMPRESSION_MIN_ELEMENTS,
+    COMPRESSION_THRESHOLD,
     NETWORK_ENTRY_OPS,
     STEM_MIN_BITS,
     ct,
@@ -129,10 +129,10 @@ def _output_channel_axis(op: Operation) -> int:
 
 
 def expected_storage(op: Operation, index: int, weights: WeightFormat) -> Storage:
-    """What `weights` makes of a conv weight: large ones (COMPRESSION_MIN_ELEMENTS) int8 or palettes, the stem
-    (index 0) at >= STEM_MIN_BITS, small ones fp16."""
+    """What `weights` makes of a conv weight: large ones (more than COMPRESSION_THRESHOLD elements) int8 or palettes,
+    the stem (index 0) at >= STEM_MIN_BITS, small ones fp16."""
     weight = op.inputs["weight"]
-    if math.prod(weight.shape) < COMPRESSION_MIN_ELEMENTS or weights.kind == "fp16":
+    if math.prod(weight.shape) <= COMPRESSION_THRESHOLD or weights.kind == "fp16":
         return "fp16", 16, None
     if weights.kind in ("int8", "w8a8"):
         return "int8", 8, None

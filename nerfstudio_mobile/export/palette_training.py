@@ -33,9 +33,9 @@ from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, fold_batchno
 STEM_MIN_BITS = 8
 """The stem conv reads the positional encoding directly, so a coarse palette there loses more than anywhere
 else, and it holds few of the weights: it keeps at least this many bits."""
-COMPRESSION_MIN_ELEMENTS = 2048
-"""coremltools' default: smaller weights (16x16 convs, heads, biases) stay fp16; they are a small share of the
-parameters."""
+COMPRESSION_THRESHOLD = 2048
+"""coremltools' default: weights of more elements than this are compressed; the others (16x16 convs, heads, biases)
+stay fp16, a small share of the parameters."""
 INITIAL_LLOYD_ITERATIONS = 30
 """Lloyd iterations of the first fit, from quantiles; afterwards one per step from the previous palette."""
 SENSITIVITY_VIEWS, SENSITIVITY_GRID = 4, 32
@@ -102,11 +102,11 @@ def palettized_layers(
     network: nn.Module, weights: WeightFormat, wider: Collection[nn.Module] = ()
 ) -> Iterator[tuple[nn.Module, int, int]]:
     """(layer, bits, output-channel axis) of every conv of a LightFieldNetwork that `compress` palettizes, as
-    coremltools picks them: weights of COMPRESSION_MIN_ELEMENTS elements or more, the stem at STEM_MIN_BITS or more,
+    coremltools picks them: weights of more than COMPRESSION_THRESHOLD elements, the stem at STEM_MIN_BITS or more,
     the `wider` layers of a mixed format at one bit more (a conv-transpose's output channels: its weight's axis 1)."""
     stem = network.stem[0]
     for module in network.modules():
-        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d) and module.weight.numel() >= COMPRESSION_MIN_ELEMENTS:
+        if isinstance(module, nn.Conv2d | nn.ConvTranspose2d) and module.weight.numel() > COMPRESSION_THRESHOLD:
             bits = weights.bits + 1 if module in wider else weights.bits
             bits = max(bits, STEM_MIN_BITS) if module is stem else bits
             yield module, bits, 1 if isinstance(module, nn.ConvTranspose2d) else 0
