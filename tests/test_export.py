@@ -656,6 +656,62 @@ def test_network_with_palette_values_is_stored_as_exactly_those_palettes(tmp_pat
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize("compression", ["int8", "palettize4"])
+def test_compression_leaves_the_ray_encoding_of_a_fine_ray_grid_fp32(tmp_path: Path, compression: str) -> None:
+    """A 32x32 ray grid (a small frame's, 1x first stages) makes the `pose` graph's ray directions and sample
+    depths constants of more than COMPRESSION_THRESHOLD elements: only conv weights are compressed, so the package
+    renders what the network does; compressing every large constant (coremltools' global config) puts points
+    off by whole int8 / palette steps, and the check finds it."""
+    import coremltools.optimize.coreml as cto
+
+    from nerfstudio_mobile.common.intrinsics import Intrinsics
+    from nerfstudio_mobile.common.metrics import psnr
+    from nerfstudio_mobile.export import coreml
+    from nerfstudio_mobile.export.coreml_verify import check_ops
+    from nerfstudio_mobile.export.mil import read_package, run_program
+    from nerfstudio_mobile.export.sidecar import sidecar
+    from nerfstudio_mobile.mobile_r2l.encoding import RayEncodingConfig
+    from nerfstudio_mobile.mobile_r2l.network import fold_batchnorm
+
+    torch.manual_seed(0)
+    encoding = RayEncodingConfig()
+    config = LightFieldNetworkConfig(
+        in_channels=encoding.num_channels, width=64, num_blocks=1, upscale_factors=(1, 1, 2)
+    )
+    network = fold_batchnorm(LightFieldNetwork(config)).eval()
+    identity = ((1.0, 0.0, 0.0, 0.0), (0.0, 1.0, 0.0, 0.0), (0.0, 0.0, 1.0, 0.0))
+    frame = ExportFrame(Intrinsics(60.0, 60.0, 32.0, 32.0, 64, 64), config, encoding, 2.0, 6.0, identity, 1.0)
+    assert (frame.grid.height, frame.grid.width) == (32, 32)
+    graph = export_graph(network, frame, "pose")
+    params = sum(p.numel() for p in graph.parameters())
+    converted = coreml.convert(graph, frame, "pose")
+    pose = torch.tensor([[[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 0.0, 0.0], [0.0, 0.0, 1.0, 4.0], [0.0, 0.0, 0.0, 1.0]]])
+    with torch.no_grad():
+        expected = graph(pose)[0]
+
+    def saved(model: object, name: str) -> Path:
+        path = tmp_path / f"{name}.mlpackage"
+        coreml.save(model, path, sidecar(frame, "pose", compression, params, {}))
+        return path
+
+    package = read_package(saved(coreml.compress(converted, compression), compression))
+    assert check_ops(package) == []
+    stored = run_program(package.main, {"pose": pose})["rgb"].float()
+    assert psnr(expected, stored) > min_psnr(compression)
+
+    weights = weight_format(compression)
+    everything = (
+        cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8")
+        if weights.kind == "int8"
+        else cto.OpPalettizerConfig(nbits=weights.bits, mode="kmeans")
+    )
+    compress_all = cto.linear_quantize_weights if weights.kind == "int8" else cto.palettize_weights
+    config_all = cto.OptimizationConfig(global_config=everything)
+    problems = check_ops(read_package(saved(compress_all(converted, config_all), "everything")))
+    assert problems and all("compresses a constant of" in problem for problem in problems), problems
+
+
+@pytest.mark.unit
 def test_mixed_palettes_widen_the_layers_that_cost_most_and_keep_to_their_mean(tmp_path: Path) -> None:
     """palettize2.5-g16: 3 bits go to the layers where 2 bits cost the output most per weight (the network renders
     closer to the float one than with no layer widened, or with as many weights widened on the other layers), the

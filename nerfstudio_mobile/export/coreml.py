@@ -50,6 +50,7 @@ from nerfstudio_mobile.export.palette_training import (  # noqa: E402
 # iOS 16 / macOS 13: the first release with compressed-weight (constexpr) ops.
 DEPLOYMENT_TARGET = ct.target.iOS16
 NETWORK_ENTRY_OPS = frozenset({"conv", "conv_transpose"})
+WeightConfig = cto.OpLinearQuantizerConfig | cto.OpPalettizerConfig
 
 
 def deployment_target(weights: WeightFormat) -> ct.target:
@@ -143,14 +144,17 @@ def check_group_size(network: nn.Module, compression: Compression) -> None:
         )
 
 
+def network_weights_config(config: WeightConfig) -> dict[str, WeightConfig]:
+    """`config` for the weights of the network's convs and conv-transposes only. A global config would also
+    compress the `pose` graph's large constants (its ray directions and sample depths: 3-D points that must stay
+    fp32), which the ray grid of a small frame makes larger than the threshold."""
+    return dict.fromkeys(NETWORK_ENTRY_OPS, config)
+
+
 def _int8_weights(model: MLModel) -> MLModel:
     """Per-output-channel symmetric int8 weights (of weights with more than COMPRESSION_THRESHOLD elements)."""
-    config = cto.OptimizationConfig(
-        global_config=cto.OpLinearQuantizerConfig(
-            mode="linear_symmetric", dtype="int8", weight_threshold=COMPRESSION_THRESHOLD
-        )
-    )
-    return cto.linear_quantize_weights(model, config)
+    int8 = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", weight_threshold=COMPRESSION_THRESHOLD)
+    return cto.linear_quantize_weights(model, cto.OptimizationConfig(op_type_configs=network_weights_config(int8)))
 
 
 def activation_ranges(model: MLModel, samples: Sequence[dict[str, Tensor]]) -> dict[str, dict[str, float]]:
@@ -217,7 +221,7 @@ def compress(model: MLModel, compression: Compression, samples: Sequence[dict[st
         )
 
     config = cto.OptimizationConfig(
-        global_config=palette(weights.bits),
+        op_type_configs=network_weights_config(palette(weights.bits)),
         op_name_configs={_first_conv_name(model): palette(max(weights.bits, STEM_MIN_BITS))},
     )
     with float16_unique_through_float32():

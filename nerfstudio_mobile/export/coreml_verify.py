@@ -78,10 +78,14 @@ def check_spec(
 
 def check_ops(package: Package) -> list[str]:
     """The network part (from the first conv on) is Neural-Engine friendly: 4-D tensors, no layout ops, fp16
-    compute; the part before it (ray generation and encoding of the `pose` graph) computes in fp32."""
+    compute; the part before it (ray generation and encoding of the `pose` graph) computes in fp32, from
+    uncompressed constants (only conv weights may be compressed)."""
     problems = []
     for op in package.main.operations:
         if op.op_type in CONSTANT_OPS:
+            readers = {child.op_type for var in op.outputs for child in var.child_ops} - NETWORK_ENTRY_OPS
+            if op.op_type != "const" and readers:
+                problems.append(f"{op.op_type} ({op.name}) compresses a constant of {', '.join(sorted(readers))}")
             continue
         dtypes = {dtype_name(var) for var in op.outputs}
         if is_network_op(op):
