@@ -46,12 +46,15 @@ from nerfstudio_mobile.demo.demo import Demo
 # "real-share-0.2" on pseudo views only until the fine-tuning (the demo's default since); every one before
 # "defaults-upscale-4x" on a 12² ray grid upscaled 8× (the paper's factors, the demo's until the student chose a finer
 # ray grid for small frames).
-PAPER_GRID: dict[str, Any] = {"datamanager.upscale_factors": (2, 2, 2)}
-STEPS_1500: dict[str, Any] = {"demo.student_steps": 1500, **PAPER_GRID}
-PSEUDO_VIEWS_ONLY: dict[str, Any] = {"demo.student_real_share": 0.0, **STEPS_1500}
-FINETUNE_TENTH: dict[str, Any] = {"demo.student_finetune_fraction": 0.1, **PSEUDO_VIEWS_ONLY}
-STEP_DECAY: dict[str, Any] = {"scheduler.decay": "steps", **FINETUNE_TENTH}
-OLD_RECIPE: dict[str, Any] = {"network.width": 64, "network.num_blocks": 6, "optimizer.lr": 2e-3, **STEP_DECAY}
+# Every one before "now-width-192" trained a width-256 student (2000 steps unless its recipe says otherwise).
+# Each recipe is the one on the line above it with its own knobs set on top.
+WIDTH_256: dict[str, Any] = {"network.width": 256, "demo.student_steps": 2000}
+PAPER_GRID: dict[str, Any] = {**WIDTH_256, "datamanager.upscale_factors": (2, 2, 2)}
+STEPS_1500: dict[str, Any] = {**PAPER_GRID, "demo.student_steps": 1500}
+PSEUDO_VIEWS_ONLY: dict[str, Any] = {**STEPS_1500, "demo.student_real_share": 0.0}
+FINETUNE_TENTH: dict[str, Any] = {**PSEUDO_VIEWS_ONLY, "demo.student_finetune_fraction": 0.1}
+STEP_DECAY: dict[str, Any] = {**FINETUNE_TENTH, "scheduler.decay": "steps"}
+OLD_RECIPE: dict[str, Any] = {**STEP_DECAY, "network.width": 64, "network.num_blocks": 6, "optimizer.lr": 2e-3}
 # name -> (what it changes, overrides as "<part>.<field>": value; parts: datamanager, network, optimizer, scheduler,
 # model, encoding, sampler, demo)
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -198,8 +201,8 @@ GROUPS: list[tuple[str, str, dict[str, Any]]] = [
     ("real-share-0.2", "cosine-finetune-300", PSEUDO_VIEWS_ONLY),  # the demo's defaults then
     ("steps-2000", "real-share-0.4", STEPS_1500),  # the demo's defaults then
     ("defaults-upscale-4x", "steps-2000", PAPER_GRID),  # the demo's defaults then
-    ("now-steps-2500", "defaults-upscale-4x", {}),  # the demo's defaults now
-    ("now-again", "now-again", {}),  # the demo's defaults now, again: the base of the same hour
+    ("now-steps-2500", "defaults-upscale-4x", WIDTH_256),  # the demo's defaults then
+    ("now-again", "now-again", WIDTH_256),  # the same defaults, again: the base of the same hour
 ]
 
 
