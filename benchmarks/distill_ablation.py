@@ -46,9 +46,11 @@ from nerfstudio_mobile.demo.demo import Demo
 # "real-share-0.2" on pseudo views only until the fine-tuning (the demo's default since); every one before
 # "defaults-upscale-4x" on a 12² ray grid upscaled 8× (the paper's factors, the demo's until the student chose a finer
 # ray grid for small frames).
-# Every one before "now-width-192" trained a width-256 student (2000 steps unless its recipe says otherwise).
+# Every one before "depth-at-training-poses" gave the real images' batches no depth target, and every one before
+# "now-width-192" trained a width-256 student (2000 steps unless its recipe says otherwise).
 # Each recipe is the one on the line above it with its own knobs set on top.
-WIDTH_256: dict[str, Any] = {"network.width": 256, "demo.student_steps": 2000}
+NO_TRAINING_POSE_DEPTH: dict[str, Any] = {"datamanager.depth_at_training_poses": False}
+WIDTH_256: dict[str, Any] = {**NO_TRAINING_POSE_DEPTH, "network.width": 256, "demo.student_steps": 2000}
 PAPER_GRID: dict[str, Any] = {**WIDTH_256, "datamanager.upscale_factors": (2, 2, 2)}
 STEPS_1500: dict[str, Any] = {**PAPER_GRID, "demo.student_steps": 1500}
 PSEUDO_VIEWS_ONLY: dict[str, Any] = {**STEPS_1500, "demo.student_real_share": 0.0}
@@ -192,6 +194,11 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
         "the demo's defaults now, backbone width 192 and 6 residual blocks instead of 256 and 8, for 3200 steps",
         {"network.width": 192, "network.num_blocks": 6, "demo.student_steps": 3200},
     ),
+    "depth-at-training-poses": (
+        "the demo's defaults (width 192, 3200 steps), the real images' batches with the teacher's depth at their "
+        "cameras as depth target (the default since)",
+        {"datamanager.depth_at_training_poses": True},
+    ),
 }
 # Groups of variants: (its first variant, the row of the recipe its variants change one knob of, that recipe)
 GROUPS: list[tuple[str, str, dict[str, Any]]] = [
@@ -203,6 +210,12 @@ GROUPS: list[tuple[str, str, dict[str, Any]]] = [
     ("defaults-upscale-4x", "steps-2000", PAPER_GRID),  # the demo's defaults then
     ("now-steps-2500", "defaults-upscale-4x", WIDTH_256),  # the demo's defaults then
     ("now-again", "now-again", WIDTH_256),  # the same defaults, again: the base of the same hour
+    # the defaults then (now-width-192's)
+    (
+        "depth-at-training-poses",
+        "now-width-192",
+        {**NO_TRAINING_POSE_DEPTH, "network.width": 192, "demo.student_steps": 3200},
+    ),
 ]
 
 
@@ -284,6 +297,9 @@ class ViewerFrame:
     zoom: int
     camera: Cameras
     teacher_rgb: Tensor
+    teacher_depth: Tensor
+    teacher_surface: Tensor
+    """Where the teacher is opaque (accumulation > 0.9): the pixels the depth ratio is taken on."""
 
 
 def viewer_frames(teacher: Pipeline, poses: int) -> list[ViewerFrame]:
@@ -295,23 +311,33 @@ def viewer_frames(teacher: Pipeline, poses: int) -> list[ViewerFrame]:
             zoomed = without_distortion(camera)  # a copy: rescaling replaces its intrinsics, not the test camera's
             zoomed.rescale_output_resolution(zoom)
             with torch.no_grad():
-                frames.append(ViewerFrame(zoom, zoomed, teacher.model.get_outputs_for_camera(zoomed)["rgb"].cpu()))
+                outputs = {name: value.cpu() for name, value in teacher.model.get_outputs_for_camera(zoomed).items()}
+            surface = outputs["accumulation"][..., 0] > 0.9
+            frames.append(ViewerFrame(zoom, zoomed, outputs["rgb"], outputs["depth"][..., 0], surface))
     return frames
 
 
-def compare_with_teacher(student: Pipeline, frames: list[ViewerFrame], picture: Path) -> dict[str, dict[str, float]]:
+def compare_with_teacher(student: Pipeline, frames: list[ViewerFrame], picture: Path) -> dict[str, Any]:
     """Mean PSNR of the student against the teacher at each zoom, rendered natively (rays as fine as the frame asks
     for) and as the model renders now (frames finer than training upsampled from the trained spacing):
-    {"native": {"1": dB, ...}, "upsampled": {...}}. The centre (half of each side) of the first pose at the largest
+    {"native": {"1": dB, ...}, "upsampled": {...}}, and "depth_ratio": the median of the student's depth over the
+    teacher's on the teacher's opaque pixels at 1×. The centre (half of each side) of the first pose at the largest
     zoom is written to `picture` as teacher | native | upsampled (the whole frame would add megabytes of pictures to
     the repository at each run of the ablation)."""
     model = student.model
     renders: dict[str, list[Tensor]] = {}
+    depth_ratios = []
     for policy, upsample in (("native", False), ("upsampled", True)):
         model.config.upsample_finer_frames = upsample
-        with torch.no_grad():
-            renders[policy] = [model.get_outputs_for_camera(f.camera)["rgb"].cpu().clamp(0, 1) for f in frames]
-    scores: dict[str, dict[str, float]] = {}
+        renders[policy] = []
+        for frame in frames:
+            with torch.no_grad():
+                outputs = model.get_outputs_for_camera(frame.camera)
+            renders[policy].append(outputs["rgb"].cpu().clamp(0, 1))
+            if policy == "native" and frame.zoom == 1:
+                depth = outputs["depth"][..., 0].cpu()
+                depth_ratios.append(depth[frame.teacher_surface] / frame.teacher_depth[frame.teacher_surface])
+    scores: dict[str, Any] = {"depth_ratio": float(torch.cat(depth_ratios).median())}
     for policy, images in renders.items():
         values = [(f.zoom, float(psnr(f.teacher_rgb, rgb))) for f, rgb in zip(frames, images, strict=True)]
         scores[policy] = {str(zoom): float(np.mean([v for z, v in values if z == zoom])) for zoom in VIEWER_ZOOMS}
@@ -356,8 +382,10 @@ def markdown(result: dict[str, Any]) -> str:
         "(cosine-finetune-300), each from steps-2000 up to defaults-upscale-4x one thing from the defaults then "
         "(real-share-0.4), each from defaults-upscale-4x up to now-steps-2500 one thing from those of steps-2000, each "
         "from now-steps-2500 up to now-again one thing from the defaults now (defaults-upscale-4x), each from "
-        "now-again on one thing from the same defaults, trained again in the same hour (now-again); 'vs base' compares "
-        "with that recipe (–: not in this table). Train min includes rendering pseudo views not rendered before.",
+        "now-again up to depth-at-training-poses one thing from the same defaults, trained again in the same hour "
+        "(now-again), and depth-at-training-poses one thing from the defaults of now-width-192; 'vs base' compares "
+        "with that recipe (–: not in this table). Train min includes rendering the teacher's views not rendered "
+        "before.",
         "",
         f"vs teacher at 1× / 2× / 4×: the student's PSNR against the teacher on {result['viewer_poses']} test poses "
         "rendered at 1×, 2× and 4× the training resolution, as a viewer asks for larger frames (finer rays than any "
@@ -365,11 +393,12 @@ def markdown(result: dict[str, Any]) -> str:
         f"4×, teacher | student native | student upsampled, is in {result.get('pictures', 'distill_ablation_4x')}/"
         "<variant>.png. Native: the student renders the rays the frame asks for; upsampled (the model's default now, "
         "`upsample_finer_frames`): a frame finer than training renders at the trained spacing and is upsampled "
-        "(bicubic).",
+        "(bicubic). depth / teacher's: the median ratio of the student's depth to the teacher's on the teacher's "
+        "opaque pixels (accumulation > 0.9) of those poses at 1×.",
         "",
         "| variant | change | student PSNR (dB) | gap to teacher | vs base | SSIM | vs teacher at 1× / 2× / 4×, "
-        "native (dB) | upsampled (dB) | train min | params |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "native (dB) | upsampled (dB) | depth / teacher's | train min | params |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in result["variants"]:
         base = rows.get(base_recipe(row["name"])[0])
@@ -378,9 +407,11 @@ def markdown(result: dict[str, Any]) -> str:
             " / ".join(f"{row['vs_teacher_psnr'][policy][str(zoom)]:.2f}" for zoom in VIEWER_ZOOMS)
             for policy in ("native", "upsampled")
         )
+        ratio = row["vs_teacher_psnr"].get("depth_ratio")
+        depth_ratio = "–" if ratio is None else f"{ratio:.3f}"
         lines.append(
             f"| {row['name']} | {row['change']} | {row['psnr']:.2f} | {row['psnr'] - teacher['psnr']:+.2f} | "
-            f"{versus} | {row['ssim']:.3f} | {native} | {upsampled} | "
+            f"{versus} | {row['ssim']:.3f} | {native} | {upsampled} | {depth_ratio} | "
             f"{row['minutes']:.1f} | {row['params']:,} |"
         )
     return "\n".join(lines) + "\n"

@@ -61,7 +61,9 @@ def record_batches(module: ModuleType) -> None:
     def recorded(self: Any, step: int) -> Any:
         cameras, batch = next_train(self, step)
         with open(RECORD, "a") as log:  # type: ignore[arg-type]
-            log.write(f"{step} {'pseudo' if 'depth' in batch else 'real'}\n")
+            poses, training_poses = cameras.camera_to_worlds.flatten(1), self.train_cameras.camera_to_worlds.flatten(1)
+            real = bool((poses[:, None] == training_poses[None]).all(-1).any())
+            log.write(f"{step} {'real' if real else 'pseudo'}\n")
         return cameras, batch
 
     module.PseudoViewDataManager.next_train = recorded

@@ -13,9 +13,9 @@ from support import STUDENT_PSEUDO_VIEWS, ns_command, run_ns, run_until_killed, 
 from torch import Tensor
 
 from nerfstudio_mobile.common.cli import UsageError
-from nerfstudio_mobile.common.intrinsics import Intrinsics
+from nerfstudio_mobile.common.intrinsics import Intrinsics, without_distortion
 from nerfstudio_mobile.common.metrics import image_metrics
-from nerfstudio_mobile.common.runs import load_run
+from nerfstudio_mobile.common.runs import load_run, read_run_config
 from nerfstudio_mobile.export.cli import CoreMLExport, OnnxExport
 from nerfstudio_mobile.mobile_r2l.cache import PseudoViewCache
 from nerfstudio_mobile.mobile_r2l.configs import mobile_r2l_trainer
@@ -30,6 +30,7 @@ from nerfstudio_mobile.mobile_r2l.model import MobileR2LModel, MobileR2LModelCon
 from nerfstudio_mobile.mobile_r2l.near_plane import geometric_near_range
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetworkConfig
 from nerfstudio_mobile.mobile_r2l.optimization import WarmupStepDecaySchedulerConfig
+from nerfstudio_mobile.mobile_r2l.teacher import Teacher
 
 
 def teacher_cache(teacher_run: Path) -> PseudoViewCache:
@@ -67,6 +68,23 @@ def test_depth_channel_is_distilled(mobile_r2l_run: Path, nas_nerf_run: Path) ->
     surface = teacher_depth > 0
     relative_error = ((depth[surface] - teacher_depth[surface]).abs() / teacher_depth[surface]).median()
     assert relative_error < 0.25
+
+
+def test_real_image_batches_carry_the_teachers_depth_at_their_cameras(mobile_r2l_run: Path, nas_nerf_run: Path) -> None:
+    """The real images' batches have a depth target too, so the depth head does not drift while they train RGB: the
+    teacher's depth at each batch's own cameras, rendered once into a cache in the teacher's run."""
+    config = read_run_config(mobile_r2l_run).pipeline.datamanager
+    datamanager = PseudoViewDataManager(config)  # training mode: both caches exist, nothing is rendered
+    (root,) = (nas_nerf_run.parent / "training_pose_views").iterdir()
+    assert PseudoViewCache.open(root).complete()
+    cameras, batch = datamanager.real_batch()
+    teacher = Teacher.load(nas_nerf_run)
+    for index in range(len(cameras)):
+        _, depth, _ = teacher.render(without_distortion(cameras[index : index + 1]))
+        stored = batch["depth"][index]
+        surface = stored > 0  # the cache stores 0 where the teacher saw no surface
+        assert surface.float().mean() > 0.1
+        torch.testing.assert_close(stored[surface], depth[surface], rtol=2e-3, atol=1e-2)
 
 
 def test_ns_eval_on_the_real_test_split(mobile_r2l_run: Path, tmp_path: Path) -> None:

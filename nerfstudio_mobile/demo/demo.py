@@ -58,9 +58,10 @@ from nerfstudio_mobile.data.scene_copies import downscaled_copy
 from nerfstudio_mobile.data.scenes import SceneConfig, generate_scene
 from nerfstudio_mobile.demo.run_estimate import CostRates, RunPlan, paper_plan, plan_line
 from nerfstudio_mobile.export.errors import MissingDependencyError
+from nerfstudio_mobile.mobile_r2l.cache import CacheMeta
 from nerfstudio_mobile.mobile_r2l.cache.generate import VIEWS_RENDERED
 from nerfstudio_mobile.mobile_r2l.configs import mobile_r2l_trainer
-from nerfstudio_mobile.mobile_r2l.datamanager import MIN_RAYS_PER_SIDE, upscale_factors_for
+from nerfstudio_mobile.mobile_r2l.datamanager import MIN_RAYS_PER_SIDE, TRAINING_POSES, upscale_factors_for
 from nerfstudio_mobile.mobile_r2l.network import LightFieldNetworkConfig
 from nerfstudio_mobile.mobile_r2l.views import SphereViewSampler, detect_layout
 
@@ -160,12 +161,19 @@ class Demo:
         # the paper's vanilla-NeRF teacher is timed on 16² rays: 64² would take 20 s here
         rates = {"this_run": CostRates.measure(plans["this_run"]), "paper": CostRates.measure(plans["paper"], 16)}
         terminal.print(self.plan_text(plans, rates, data, root))
-        totals = {TEACHER: self.teacher_steps, VIEWS: self.pseudo_views, STUDENT: self.student_steps,
+        views_total = self.pseudo_views + plans["this_run"].training_pose_views
+        totals = {TEACHER: self.teacher_steps, VIEWS: views_total, STUDENT: self.student_steps,
                   EVALUATION: EVALUATION_PARTS, EXPORT: EXPORT_PARTS}  # fmt: skip
         with StageBars(terminal, totals) as bars:
             teacher_config = train_stage(teacher, bars, TEACHER)
+
             # the student's datamanager renders the views a previous run has not cached, in the student's set-up
-            views = VIEWS_RENDERED.set(lambda rendered, todo: bars.update(VIEWS, self.pseudo_views - todo + rendered))
+            # the pseudo views, then the teacher's depth at the training cameras
+            def views_rendered(meta: CacheMeta, rendered: int, todo: int) -> None:
+                before = self.pseudo_views if meta.layout == TRAINING_POSES else 0
+                bars.update(VIEWS, before + meta.num_views - todo + rendered)
+
+            views = VIEWS_RENDERED.set(views_rendered)
             try:
                 student_config = train_stage(self.student_config(teacher_config, root), bars, STUDENT)
             finally:
@@ -201,7 +209,7 @@ class Demo:
             teacher=teacher.pipeline.model, teacher_steps=self.teacher_steps, teacher_rays=self.teacher_rays,
             student=replace(self.student, upscale_factors=factors), student_steps=self.student_steps,
             images_per_batch=IMAGES_PER_BATCH, frame=frame, pseudo_views=self.pseudo_views,
-            test_views=len(parser.get_dataparser_outputs("test").image_filenames),
+            test_views=len(parser.get_dataparser_outputs("test").image_filenames), training_pose_views=len(cameras),
         )  # fmt: skip
 
     def plan_text(self, plans: dict[str, RunPlan], rates: dict[str, CostRates], data: Path, root: Path) -> str:

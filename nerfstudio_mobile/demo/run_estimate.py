@@ -41,13 +41,15 @@ class RunPlan:
     """Height, width of the training images (= pseudo views and test views)."""
     pseudo_views: int
     test_views: int
+    training_pose_views: int = 0
+    """Training cameras the teacher renders too (their depth for the real images' batches)."""
 
     def hours(self, rates: CostRates) -> dict[str, float]:
         """Hours per stage; stages with nothing to do are left out."""
         pixels = self.frame[0] * self.frame[1]
         seconds = {
             "teacher": self.teacher_steps * self.teacher_rays * rates.teacher_train_ray,
-            "pseudo_views": self.pseudo_views * pixels * rates.teacher_render_ray,
+            "pseudo_views": (self.pseudo_views + self.training_pose_views) * pixels * rates.teacher_render_ray,
             "student": self.student_steps * self.images_per_batch * pixels * rates.student_train_pixel,
             "eval": self.test_views * pixels * rates.teacher_render_ray,
         }

@@ -9,12 +9,14 @@
                      ▼
     training batches: B pseudo views (or, every 1/`real_image_share`-th step, B real training images)
                       ... then B real training images for the last `finetune_steps`
+    teacher renders depth at the training cameras ─► the real images' depth targets (TrainingPoseDepths)
 
 Evaluation (ns-eval, the viewer) uses the dataset's real val/test split, exactly as the teacher's.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -35,6 +37,7 @@ from torch import Tensor
 
 from nerfstudio_mobile.common.checkpoints import latest_checkpoint
 from nerfstudio_mobile.common.cli import UsageError
+from nerfstudio_mobile.common.intrinsics import Intrinsics, without_distortion
 from nerfstudio_mobile.common.runs import RunError, check_checkpoint, run_data
 from nerfstudio_mobile.mobile_r2l.cache import (
     CacheMeta,
@@ -56,6 +59,8 @@ from nerfstudio_mobile.mobile_r2l.views import PseudoViewSamplerConfig, ViewCrop
 
 # MobileR2L's super-resolution factors per scene layout: 8× for 360 scenes, 12× for forward-facing ones.
 UPSCALE_FACTORS: dict[str, tuple[int, ...]] = {"360": (2, 2, 2), "forward-facing": (2, 2, 3)}
+TRAINING_POSES = "training-poses"
+"""The layout of a cache of the teacher's renders at the training cameras (`build_training_pose_cache`)."""
 MIN_RAYS_PER_SIDE = 20
 """The default of `min_rays_per_side`: at the demo's 96×96, a 24² ray grid upscaled 4× gave a better student than 12²
 upscaled 8× (benchmarks/results/distill_ablation_now.md)."""
@@ -110,6 +115,11 @@ class PseudoViewDataManagerConfig(FullImageDatamanagerConfig):
     """Before fine-tuning, this share of the steps, spread evenly, trains on the real training images instead of
     pseudo views: views the teacher need not render, and the ground truth (0: pseudo views only until fine-tuning,
     as the paper)."""
+    depth_at_training_poses: bool = True
+    """The teacher also renders its depth at the training cameras (once, cached beside the pseudo views), so the real
+    images' batches carry a depth target too: without one the depth head drifts while they train RGB alone (a lego
+    student's depth came out 8% near after its real-image fine-tuning; benchmarks/results/distill_ablation_depth-at-
+    training-poses.md). False: real-image batches have no depth loss, as the paper."""
     near: float | None = None
     """Student near plane; default: the teacher's collider near, else estimated from its depth renders."""
     far: float | None = None
@@ -179,6 +189,8 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
         self.finetune_from = float("inf")  # set from the trainer's step budget in get_training_callbacks
         self.generator = torch.Generator().manual_seed(config.sampler.seed)
         self.pseudo_views: PseudoViewDataset | None = None
+        self.training_pose_depths: Tensor | None = None
+        """The teacher's depth [N, H, W] at each of `real_image_indices`' cameras (depth_at_training_poses)."""
         scale = config.pseudo_view_scale
         self.frame = self.pinhole.resized(round(self.pinhole.width * scale), round(self.pinhole.height * scale))
         self.upscale_factors = config.upscale_factors or upscale_factors_for(
@@ -193,6 +205,9 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
             near, far = cache.meta.extra["near_far"]
             self.near_far = (near, far)
             self.pseudo_views = PseudoViewDataset(cache, ram_budget_bytes=int(config.ram_budget_gb * 2**30))
+            if config.depth_at_training_poses:
+                depths = build_training_pose_cache(config, self, shard=0, num_shards=1)
+                self.training_pose_depths = torch.stack([depths.read(i).depth for i in range(len(depths))])
         # The model reads these when the pipeline builds it (metadata is nerfstudio's channel for that).
         self.train_dataset.metadata["mobile_r2l"] = {
             "layout": self.view_sampler.layout,
@@ -238,14 +253,23 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
         batch = {"image": views.rgb.float() / 255.0, "depth": views.depth.float()}
         return cameras.to(self.device), {name: value.to(self.device) for name, value in batch.items()}
 
-    def real_batch(self) -> tuple[Cameras, dict[str, Tensor]]:
-        """Real training images of one size (the first image's), for the fine-tuning phase."""
+    def real_image_indices(self) -> list[int]:
+        """The training images real-image batches draw from: those of the first image's size (a batch is one size)."""
         size = self.cached_train[0]["image"].shape[:2]
-        same_size = [i for i, data in enumerate(self.cached_train) if data["image"].shape[:2] == size]
+        return [i for i, data in enumerate(self.cached_train) if data["image"].shape[:2] == size]
+
+    def real_batch(self) -> tuple[Cameras, dict[str, Tensor]]:
+        """Real training images of one size (the first image's), with the teacher's depth at their cameras when it
+        was rendered (depth_at_training_poses)."""
+        same_size = self.real_image_indices()
         count = min(self.config.images_per_batch, len(same_size))
-        chosen = [same_size[i] for i in torch.randperm(len(same_size), generator=self.generator)[:count].tolist()]
-        images = torch.stack([self.cached_train[i]["image"][..., :3] for i in chosen]).float()
-        return self.train_cameras[torch.tensor(chosen)].to(self.device), {"image": images.to(self.device)}
+        positions = torch.randperm(len(same_size), generator=self.generator)[:count]
+        chosen = [same_size[i] for i in positions.tolist()]
+        batch = {"image": torch.stack([self.cached_train[i]["image"][..., :3] for i in chosen]).float()}
+        if self.training_pose_depths is not None:
+            batch["depth"] = self.training_pose_depths[positions].float()
+        cameras = self.train_cameras[torch.tensor(chosen)]
+        return cameras.to(self.device), {name: value.to(self.device) for name, value in batch.items()}
 
 
 def is_real_step(step: int, share: float) -> bool:
@@ -278,6 +302,22 @@ def shifted_window(
     return window, {name: value[:, rows, columns] for name, value in batch.items()}
 
 
+def checked_teacher_identity(teacher_config: Path, teacher_run: TrainerConfig) -> dict:
+    """The identity of the teacher's renders (`teacher_identity`) from its latest checkpoint, checked readable first."""
+    latest = latest_checkpoint(teacher_run.get_checkpoint_dir())
+    if latest is None:
+        raise TeacherError(
+            f"The teacher {teacher_config} has no checkpoint in {teacher_run.get_checkpoint_dir()}: "
+            "train it first (or let its training finish)."
+        )
+    try:
+        check_checkpoint(latest[1])  # before its digest becomes the identity of a new cache
+    except RunError as error:
+        raise TeacherError(f"--pipeline.datamanager.teacher-config: {error}") from error
+    # The teacher by its checkpoint's content, not by where its run sits: a moved or copied run keeps its cache.
+    return teacher_identity(teacher_run.method_name, *latest)
+
+
 def build_pseudo_view_cache(
     config: PseudoViewDataManagerConfig, datamanager: PseudoViewDataManager, shard: int, num_shards: int
 ) -> PseudoViewCache:
@@ -298,18 +338,7 @@ def build_pseudo_view_cache(
         / "pseudo_views"
         / f"{sampler.layout}-{config.num_pseudo_views}-{height}x{width}{windows}-seed{sampler.seed}{quasi}"
     )
-    latest = latest_checkpoint(teacher_run.get_checkpoint_dir())
-    if latest is None:
-        raise TeacherError(
-            f"The teacher {config.teacher_config} has no checkpoint in {teacher_run.get_checkpoint_dir()}: "
-            "train it first (or let its training finish)."
-        )
-    try:
-        check_checkpoint(latest[1])  # before its digest becomes the identity of a new cache
-    except RunError as error:
-        raise TeacherError(f"--pipeline.datamanager.teacher-config: {error}") from error
-    # The teacher by its checkpoint's content, not by where its run sits: a moved or copied run keeps its cache.
-    teacher_id = teacher_identity(teacher_run.method_name, *latest)
+    teacher_id = checked_teacher_identity(config.teacher_config, teacher_run)
 
     def cache_meta(near_far: Sequence[float]) -> CacheMeta:
         return CacheMeta(
@@ -360,4 +389,56 @@ def build_pseudo_view_cache(
             return loaded.render((crops.intrinsics(index) if crops else views).cameras(c2w[None]))
 
         generate_views(cache, render, sampler.poses, shard=shard, num_shards=num_shards)
+    return cache
+
+
+def build_training_pose_cache(
+    config: PseudoViewDataManagerConfig, datamanager: PseudoViewDataManager, shard: int, num_shards: int
+) -> PseudoViewCache:
+    """Open (or create) the cache of the teacher's renders at the cameras of `real_image_indices` (view i: the i-th of
+    them, as the real images' batches see it) and render this shard's missing views. Beside the pseudo views (in the
+    teacher run, or next to --pipeline.datamanager.pseudo-view-dir), resumable and sharded like them."""
+    assert config.teacher_config is not None
+    teacher_run = read_teacher_config(config.teacher_config)
+    indices = datamanager.real_image_indices()
+    cameras = without_distortion(datamanager.train_cameras[torch.tensor(indices)])
+    height, width = datamanager.cached_train[indices[0]]["image"].shape[:2]
+    if config.pseudo_view_dir is None:
+        root = Path(teacher_run.get_base_dir()) / "training_pose_views" / f"{len(indices)}-{height}x{width}"
+    else:
+        root = Path(f"{config.pseudo_view_dir}-training-poses")
+    # The cameras decide the views: their poses and intrinsics, as the teacher's dataparser gives them.
+    cameras_digest = hashlib.sha256(
+        torch.cat([cameras.camera_to_worlds.flatten(1), cameras.get_intrinsics_matrices().flatten(1)], dim=1)
+        .double()
+        .numpy()
+        .tobytes()
+    ).hexdigest()
+    first = Intrinsics.from_camera(cameras[0])
+    meta = CacheMeta(
+        num_views=len(indices),
+        height=height,
+        width=width,
+        fx=first.fx,
+        fy=first.fy,
+        cx=first.cx,
+        cy=first.cy,
+        layout=TRAINING_POSES,
+        seed=0,
+        teacher=checked_teacher_identity(config.teacher_config, teacher_run),
+        extra={"cameras_sha256": cameras_digest},
+    )
+    cache = PseudoViewCache(root, meta)
+    cache.verify(shard, num_shards)
+    if cache.missing(shard, num_shards):
+        teacher = Teacher.load(config.teacher_config)
+        CONSOLE.print(f"Rendering the teacher's depth at the training cameras into {root} (resumable)")
+        generate_views(
+            cache,
+            lambda index, _: teacher.render(cameras[index : index + 1]),
+            lambda todo: cameras.camera_to_worlds[torch.tensor(todo)],
+            shard=shard,
+            num_shards=num_shards,
+            description="teacher at the training cameras",
+        )
     return cache

@@ -17,6 +17,7 @@ from nerfstudio_mobile.mobile_r2l.datamanager import (
     PseudoViewDataManager,
     PseudoViewDataManagerConfig,
     build_pseudo_view_cache,
+    build_training_pose_cache,
 )
 
 
@@ -37,6 +38,8 @@ class RenderPseudoViews:
         config = PseudoViewDataManagerConfig(**{**vars(self.datamanager)})  # re-run __post_init__ (teacher data)
         datamanager = PseudoViewDataManager(config, test_mode="inference")
         cache = build_pseudo_view_cache(config, datamanager, self.shard, self.num_shards)
+        if config.depth_at_training_poses:
+            build_training_pose_cache(config, datamanager, self.shard, self.num_shards)
         state = "complete" if cache.complete() else f"{len(cache)}/{cache.meta.num_views} views (other shards pending)"
         Console().print(f"[bold green]Pseudo views in {cache.root}: {state}")
         return cache.root

@@ -20,14 +20,15 @@ from rich.progress import (
 from rich.text import Text
 from torch import Tensor
 
+from nerfstudio_mobile.mobile_r2l.cache.identity import CacheMeta
 from nerfstudio_mobile.mobile_r2l.cache.store import PseudoViewCache
 
 # What render functions return: rgb [H, W, 3], depth [H, W] (or [H, W, 1]), accumulation or None.
 RenderOutput = tuple[Tensor | np.ndarray, Tensor | np.ndarray, Tensor | np.ndarray | None]
 
-VIEWS_RENDERED: ContextVar[Callable[[int, int], None] | None] = ContextVar("views_rendered", default=None)
-"""Told (views rendered, views to render) after each view. A context variable, not an argument: callers such as
-ns-mobile-demo's progress bars sit above the datamanager that calls generate_views."""
+VIEWS_RENDERED: ContextVar[Callable[[CacheMeta, int, int], None] | None] = ContextVar("views_rendered", default=None)
+"""Told (the cache's meta, views rendered, views to render) after each view. A context variable, not an argument:
+callers such as ns-mobile-demo's progress bars sit above the datamanager that calls generate_views."""
 
 
 def generate_views(
@@ -37,6 +38,7 @@ def generate_views(
     shard: int = 0,
     num_shards: int = 1,
     progress: bool = True,
+    description: str = "pseudo views",
 ) -> int:
     """Render and store the views of `shard` that are missing (or corrupt); returns how many were rendered.
 
@@ -52,7 +54,7 @@ def generate_views(
     poses = poses_fn(todo)
     views_rendered = VIEWS_RENDERED.get()
     columns = (
-        TextColumn("[bold]pseudo views[/bold] shard {task.fields[shard]}"),
+        TextColumn(f"[bold]{description}[/bold] shard {{task.fields[shard]}}"),
         BarColumn(),
         MofNCompleteColumn(),
         _ViewsPerSecondColumn(),
@@ -67,7 +69,7 @@ def generate_views(
             cache.write(index, rgb, depth, c2w, accumulation)
             bar.advance(task)
             if views_rendered is not None:
-                views_rendered(rendered, len(todo))
+                views_rendered(cache.meta, rendered, len(todo))
     return len(todo)
 
 
