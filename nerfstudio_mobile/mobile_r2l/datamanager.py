@@ -401,7 +401,8 @@ def build_training_pose_cache(
     assert config.teacher_config is not None
     teacher_run = read_teacher_config(config.teacher_config)
     indices = datamanager.real_image_indices()
-    cameras = without_distortion(datamanager.train_cameras[torch.tensor(indices)])
+    # on the CPU: a datamanager caching images on a GPU holds its cameras there
+    cameras = without_distortion(datamanager.train_cameras[torch.tensor(indices)]).to("cpu")
     height, width = datamanager.cached_train[indices[0]]["image"].shape[:2]
     if config.pseudo_view_dir is None:
         root = Path(teacher_run.get_base_dir()) / "training_pose_views" / f"{len(indices)}-{height}x{width}"
