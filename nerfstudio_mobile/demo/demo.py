@@ -161,14 +161,12 @@ class Demo:
         # the paper's vanilla-NeRF teacher is timed on 16² rays: 64² would take 20 s here
         rates = {"this_run": CostRates.measure(plans["this_run"]), "paper": CostRates.measure(plans["paper"], 16)}
         terminal.print(self.plan_text(plans, rates, data, root))
-        views_total = self.pseudo_views + plans["this_run"].training_pose_views
-        totals = {TEACHER: self.teacher_steps, VIEWS: views_total, STUDENT: self.student_steps,
-                  EVALUATION: EVALUATION_PARTS, EXPORT: EXPORT_PARTS}  # fmt: skip
+        totals = {TEACHER: self.teacher_steps, VIEWS: self.pseudo_views + plans["this_run"].training_pose_views,
+                  STUDENT: self.student_steps, EVALUATION: EVALUATION_PARTS, EXPORT: EXPORT_PARTS}  # fmt: skip
         with StageBars(terminal, totals) as bars:
             teacher_config = train_stage(teacher, bars, TEACHER)
 
-            # the student's datamanager renders the views a previous run has not cached, in the student's set-up
-            # the pseudo views, then the teacher's depth at the training cameras
+            # the student's datamanager renders what a previous run has not cached: pseudo views, then training cameras
             def views_rendered(meta: CacheMeta, rendered: int, todo: int) -> None:
                 before = self.pseudo_views if meta.layout == TRAINING_POSES else 0
                 bars.update(VIEWS, before + meta.num_views - todo + rendered)

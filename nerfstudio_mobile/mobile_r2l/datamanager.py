@@ -9,7 +9,7 @@
                      ▼
     training batches: B pseudo views (or, every 1/`real_image_share`-th step, B real training images)
                       ... then B real training images for the last `finetune_steps`
-    teacher renders depth at the training cameras ─► the real images' depth targets (TrainingPoseDepths)
+    teacher renders depth at the training cameras ─► the real images' depth targets (build_training_pose_cache)
 
 Evaluation (ns-eval, the viewer) uses the dataset's real val/test split, exactly as the teacher's.
 """
@@ -20,6 +20,7 @@ import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
@@ -253,6 +254,7 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
         batch = {"image": views.rgb.float() / 255.0, "depth": views.depth.float()}
         return cameras.to(self.device), {name: value.to(self.device) for name, value in batch.items()}
 
+    @cached_property
     def real_image_indices(self) -> list[int]:
         """The training images real-image batches draw from: those of the first image's size (a batch is one size)."""
         size = self.cached_train[0]["image"].shape[:2]
@@ -261,7 +263,7 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
     def real_batch(self) -> tuple[Cameras, dict[str, Tensor]]:
         """Real training images of one size (the first image's), with the teacher's depth at their cameras when it
         was rendered (depth_at_training_poses)."""
-        same_size = self.real_image_indices()
+        same_size = self.real_image_indices
         count = min(self.config.images_per_batch, len(same_size))
         positions = torch.randperm(len(same_size), generator=self.generator)[:count]
         chosen = [same_size[i] for i in positions.tolist()]
@@ -400,7 +402,7 @@ def build_training_pose_cache(
     teacher run, or next to --pipeline.datamanager.pseudo-view-dir), resumable and sharded like them."""
     assert config.teacher_config is not None
     teacher_run = read_teacher_config(config.teacher_config)
-    indices = datamanager.real_image_indices()
+    indices = datamanager.real_image_indices
     # on the CPU: a datamanager caching images on a GPU holds its cameras there
     cameras = without_distortion(datamanager.train_cameras[torch.tensor(indices)]).to("cpu")
     height, width = datamanager.cached_train[indices[0]]["image"].shape[:2]
