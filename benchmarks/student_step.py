@@ -1,7 +1,8 @@
-"""What the student's training layout buys: one training step (forward, backward, Adam; bf16 autocast where the CPU
-has native bf16, as MobileR2LModel trains) with weights and activations channels-first (PyTorch's default) and
-channels-last (`TRAINING_LAYOUT`), for the demo's student and lego's, the layouts interleaved in one process so the
-machine's noise hits both.
+"""What the student's training step costs and what its layout and optimizer buy: one step (forward, backward, AdamW;
+bf16 autocast where the CPU has native bf16, as MobileR2LModel trains) of the demo's student and lego's, each on its
+own ray grid, with weights and activations channels-first (PyTorch's default) or channels-last (`TRAINING_LAYOUT`),
+and AdamW looping over the parameters (torch's default on CPUs) or fused (`AdamWOptimizerConfig`), interleaved in one
+process so the machine's noise hits every variant.
 
     python benchmarks/student_step.py      # writes benchmarks/results/student_step.{json,md}
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
+from dataclasses import replace
 
 import torch
 from common import cpu_model, machine, markdown_table, write_results
@@ -17,21 +19,34 @@ from common import cpu_model, machine, markdown_table, write_results
 from nerfstudio_mobile.common.precision import cpu_bf16_autocast
 from nerfstudio_mobile.common.timing import round_robin_seconds
 from nerfstudio_mobile.demo.demo import IMAGES_PER_BATCH, Demo
-from nerfstudio_mobile.mobile_r2l.network import TRAINING_LAYOUT, LightFieldNetwork
+from nerfstudio_mobile.mobile_r2l.datamanager import MIN_RAYS_PER_SIDE, upscale_factors_for
+from nerfstudio_mobile.mobile_r2l.network import TRAINING_LAYOUT, LightFieldNetwork, LightFieldNetworkConfig
+from nerfstudio_mobile.mobile_r2l.optimization import AdamWOptimizerConfig
 
-# ray grids of the demo's 96×96 frames and distill_quality.py's 128×128 lego, both 8× upscaled
-GRIDS = {"demo (96×96 frames)": (12, 12), "lego (128×128 frames)": (16, 16)}
-LAYOUTS = {"channels-first": torch.contiguous_format, "channels-last": TRAINING_LAYOUT}
+# the demo's student on its 96×96 frames and distill_quality.py's on lego's 128×128, both 360° scenes
+STUDENTS = {
+    "demo (96×96 frames)": (Demo().student, 96),
+    "lego (128×128 frames)": (LightFieldNetworkConfig(width=256, num_blocks=8), 128),
+}
+VARIANTS = {
+    "channels-first": (torch.contiguous_format, False),
+    "channels-last": (TRAINING_LAYOUT, False),
+    "channels-last, fused AdamW": (TRAINING_LAYOUT, True),
+}
+OURS = "channels-last, fused AdamW"
 ROUNDS = 10
 
 
-def training_step(grid: tuple[int, int], layout: torch.memory_format) -> Callable[[], None]:
+def training_step(
+    config: LightFieldNetworkConfig, size: int, layout: torch.memory_format, fused: bool
+) -> Callable[[], None]:
     torch.manual_seed(0)
-    config = Demo().student
+    config = replace(config, upscale_factors=upscale_factors_for("360", size, size, MIN_RAYS_PER_SIDE))
+    grid = size // config.upscale
     network = LightFieldNetwork(config).train().to(memory_format=layout)
-    encoded = torch.randn(IMAGES_PER_BATCH, config.in_channels, *grid).contiguous(memory_format=layout)
-    target = torch.rand(IMAGES_PER_BATCH, 4, grid[0] * config.upscale, grid[1] * config.upscale)
-    optimizer = torch.optim.Adam(network.parameters(), lr=1e-4)
+    encoded = torch.randn(IMAGES_PER_BATCH, config.in_channels, grid, grid).contiguous(memory_format=layout)
+    target = torch.rand(IMAGES_PER_BATCH, 4, size, size)
+    optimizer = AdamWOptimizerConfig(lr=1e-4, fused=fused).setup(network.parameters())
     device = torch.device("cpu")
 
     def step() -> None:
@@ -46,18 +61,28 @@ def training_step(grid: tuple[int, int], layout: torch.memory_format) -> Callabl
 
 def main() -> None:
     rows, result = [], {"machine": machine(), "cpu": cpu_model(), "images_per_batch": IMAGES_PER_BATCH, "ms": {}}
-    for scene, grid in GRIDS.items():
-        steps = {name: training_step(grid, layout) for name, layout in LAYOUTS.items()}
+    for scene, (config, size) in STUDENTS.items():
+        steps = {name: training_step(config, size, *variant) for name, variant in VARIANTS.items()}
         times = round_robin_seconds(steps, repeats=ROUNDS, warmup=2)
         ms = {name: 1e3 * statistics.median(seconds) for name, seconds in times.items()}
         result["ms"][scene] = ms
-        first, last = ms["channels-first"], ms["channels-last"]
-        rows.append(f"| {scene} | {first:.0f} | {last:.0f} | {first / last:.2f}× |")
+        first = ms["channels-first"]
+        rows.append(
+            f"| {scene} | {config.width} × {config.num_blocks} | "
+            + " | ".join(f"{value:.0f}" for value in ms.values())
+            + f" | {first / ms[OURS]:.2f}× |"
+        )
     table = markdown_table(
-        f"Student training step by memory layout ({result['machine']}; {result['cpu']})",
-        ["student", "channels-first ms", "channels-last ms (ours)", "speed-up"],
+        f"Student training step ({result['machine']}; {result['cpu']})",
+        [
+            "student",
+            "width × blocks",
+            *(f"{name} ms" + (" (ours)" if name == OURS else "") for name in VARIANTS),
+            "speed-up",
+        ],  # fmt: skip
         rows,
-        f"Width 256, 8 blocks, {IMAGES_PER_BATCH} whole frames a step; median of {ROUNDS} interleaved rounds.",
+        f"{IMAGES_PER_BATCH} whole frames a step, each student on its own ray grid (datamanager's upscale factors); "
+        f"median of {ROUNDS} interleaved rounds.",
     )
     write_results("student_step", result, table)
 

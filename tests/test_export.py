@@ -734,7 +734,7 @@ def test_mixed_palettes_widen_the_layers_that_cost_most_and_keep_to_their_mean(t
     weights = weight_format(compression)
 
     def compressed_layers(net: LightFieldNetwork) -> list[torch.nn.Module]:
-        return [layer for layer, _, _ in palettized_layers(net, weights) if layer is not net.stem[0]]
+        return [entry.layer for entry in palettized_layers(net, weights) if entry.layer is not net.stem[0]]
 
     def widened(positions: set[int]) -> LightFieldNetwork:
         copy = fold_batchnorm(network)
@@ -778,7 +778,7 @@ def test_palette_finetuning_learns_palettes_closer_to_the_network_than_kmeans(tm
     from torch.nn.utils import parametrize
 
     from nerfstudio_mobile.common.metrics import psnr
-    from nerfstudio_mobile.export.palette_training import Palette, PaletteTraining, palette_finetuned, palettized_layers
+    from nerfstudio_mobile.export.palette_training import PaletteTraining, palette_finetuned, palettized_layers
     from nerfstudio_mobile.mobile_r2l.cache import CacheMeta, PseudoViewCache
     from nerfstudio_mobile.mobile_r2l.model import MobileR2LModelConfig
     from nerfstudio_mobile.mobile_r2l.network import fold_batchnorm
@@ -808,12 +808,13 @@ def test_palette_finetuning_learns_palettes_closer_to_the_network_than_kmeans(tm
     weights = weight_format("palettize2-g16-finetuned")
     student = SimpleNamespace(model=model, pseudo_views=cache.root)
     finetuned = palette_finetuned(student, weights, PaletteTraining(steps=60, views_per_step=4, lr=1e-3))  # type: ignore[arg-type]
-    for layer, bits, axis in palettized_layers(finetuned, weights):
-        groups = layer.weight.detach().movedim(axis, 0).reshape(layer.weight.shape[axis] // 16, -1)
+    for layer, bits, group_size, axis in palettized_layers(finetuned, weights):
+        channels = layer.weight.shape[axis]
+        groups = layer.weight.detach().movedim(axis, 0).reshape(channels // (group_size or channels), -1)
         assert max(len(group.unique()) for group in groups) <= 2**bits
     kmeans = fold_batchnorm(model.network)
-    for layer, bits, axis in palettized_layers(kmeans, weights):
-        parametrize.register_parametrization(layer, "weight", Palette(layer.weight, bits, weights.group_size, axis))
+    for entry in palettized_layers(kmeans, weights):
+        parametrize.register_parametrization(entry.layer, "weight", entry.palette())
     target = truth["rgb"].clamp(0, 1)
     finetuned_psnr, kmeans_psnr = psnr(target, renders(finetuned)["rgb"]), psnr(target, renders(kmeans)["rgb"])
     assert finetuned_psnr > kmeans_psnr + 3.0

@@ -23,6 +23,7 @@ from nerfstudio_mobile.common.intrinsics import Intrinsics
 from nerfstudio_mobile.common.precision import cpu_bf16_autocast
 from nerfstudio_mobile.common.timing import median_seconds
 from nerfstudio_mobile.mobile_r2l.network import TRAINING_LAYOUT, LightFieldNetwork, LightFieldNetworkConfig
+from nerfstudio_mobile.mobile_r2l.optimization import AdamWOptimizerConfig
 
 MAX_TIMED_TRAINING_RAYS = 256
 MAX_TIMED_STUDENT_SIDE, MAX_TIMED_STUDENT_BATCH = 256, 8
@@ -142,9 +143,13 @@ def _student_rate(config: LightFieldNetworkConfig, frame: tuple[int, int], batch
     network = LightFieldNetwork(config).train().to(device, memory_format=TRAINING_LAYOUT)
     encoded = torch.randn(batch, config.in_channels, *grid, device=device).contiguous(memory_format=TRAINING_LAYOUT)
 
+    optimizer = AdamWOptimizerConfig().setup(network.parameters())  # as mobile-r2l trains
+
     def train_step() -> None:
         with cpu_bf16_autocast(device):  # as MobileR2LModel trains
             out = network(encoded)
+        optimizer.zero_grad(set_to_none=True)
         out.float().square().mean().backward()
+        optimizer.step()
 
     return median_seconds(train_step, repeats=1) / (batch * grid[0] * grid[1] * config.upscale**2)

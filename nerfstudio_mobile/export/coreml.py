@@ -134,7 +134,7 @@ def check_group_size(network: nn.Module, compression: Compression) -> None:
     weights = weight_format(compression)
     if weights.group_size is None:
         return
-    channels = {layer.weight.shape[axis] for layer, _, axis in palettized_layers(network, weights)}
+    channels = {entry.layer.weight.shape[entry.axis] for entry in palettized_layers(network, weights)}
     if uneven := sorted(c for c in channels if c % weights.group_size):
         divisors = [d for d in range(min(channels), 0, -1) if all(c % d == 0 for c in channels)]
         raise CompressionError(
@@ -208,21 +208,21 @@ def compress(model: MLModel, compression: Compression, samples: Sequence[dict[st
         return _int8_weights(quantize_activations(model, samples))
     require_palettizer()
 
-    def palette(nbits: int) -> cto.OpPalettizerConfig:
+    def palette(nbits: int, group_size: int | None) -> cto.OpPalettizerConfig:
         # "unique" infers the bits from the values, at most nbits for a fine-tuned network
         mode = {"nbits": None, "mode": "unique"} if weights.finetuned else {"nbits": nbits, "mode": "kmeans"}
-        if weights.group_size is None:
+        if group_size is None:
             return cto.OpPalettizerConfig(**mode, weight_threshold=COMPRESSION_THRESHOLD)
         return cto.OpPalettizerConfig(
             **mode,
             granularity="per_grouped_channel",
-            group_size=weights.group_size,
+            group_size=group_size,
             weight_threshold=COMPRESSION_THRESHOLD,
         )
 
-    config = cto.OptimizationConfig(
-        op_type_configs=network_weights_config(palette(weights.bits)),
-        op_name_configs={_first_conv_name(model): palette(max(weights.bits, STEM_MIN_BITS))},
+    config = cto.OptimizationConfig(  # the stem as palettized_layers has it: >= STEM_MIN_BITS, one palette
+        op_type_configs=network_weights_config(palette(weights.bits, weights.group_size)),
+        op_name_configs={_first_conv_name(model): palette(max(weights.bits, STEM_MIN_BITS), None)},
     )
     with float16_unique_through_float32():
         return cto.palettize_weights(model, config)

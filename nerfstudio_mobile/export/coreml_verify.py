@@ -134,15 +134,17 @@ def _output_channel_axis(op: Operation) -> int:
 
 def expected_storage(op: Operation, index: int, weights: WeightFormat) -> Storage:
     """What `weights` makes of a conv weight: large ones (more than COMPRESSION_THRESHOLD elements) int8 or palettes,
-    the stem (index 0) at >= STEM_MIN_BITS, small ones fp16."""
+    the stem (index 0) at >= STEM_MIN_BITS in one palette, small ones fp16."""
     weight = op.inputs["weight"]
     if math.prod(weight.shape) <= COMPRESSION_THRESHOLD or weights.kind == "fp16":
         return "fp16", 16, None
     if weights.kind in ("int8", "w8a8"):
         return "int8", 8, None
+    if index == 0:
+        return "palette", max(weights.bits, STEM_MIN_BITS), None
     channels = weight.shape[_output_channel_axis(op)]
     group = None if weights.group_size is None or weights.group_size == channels else weights.group_size
-    return "palette", max(weights.bits, STEM_MIN_BITS) if index == 0 else weights.bits, group
+    return "palette", weights.bits, group
 
 
 def check_weights(package: Package, params: int, weights: WeightFormat) -> list[str]:

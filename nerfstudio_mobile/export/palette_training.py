@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from rich.progress import track
@@ -32,7 +33,8 @@ from nerfstudio_mobile.mobile_r2l.network import LightFieldNetwork, fold_batchno
 
 STEM_MIN_BITS = 8
 """The stem conv reads the positional encoding directly, so a coarse palette there loses more than anywhere
-else, and it holds few of the weights: it keeps at least this many bits."""
+else, and it holds few of the weights: it keeps at least this many bits, in one palette for the whole tensor (a
+256-entry table per group of 8 output channels would add a fifth to its size, and 8 bits need no groups)."""
 COMPRESSION_THRESHOLD = 2048
 """coremltools' default: weights of more elements than this are compressed; the others (16x16 convs, heads, biases)
 stay fp16, a small share of the parameters."""
@@ -98,18 +100,32 @@ class Palette(nn.Module):
         return channels_first.movedim(0, self.channel_axis) + (weight - weight.detach())
 
 
+class PalettizedLayer(NamedTuple):
+    layer: nn.Module
+    bits: int
+    group_size: int | None
+    """Output channels per palette (None: one palette for the whole tensor)."""
+    axis: int
+    """The weight's output-channel axis (1 for a conv-transpose)."""
+
+    def palette(self) -> Palette:
+        return Palette(self.layer.weight, self.bits, self.group_size, self.axis)
+
+
 def palettized_layers(
     network: nn.Module, weights: WeightFormat, wider: Collection[nn.Module] = ()
-) -> Iterator[tuple[nn.Module, int, int]]:
-    """(layer, bits, output-channel axis) of every conv of a LightFieldNetwork that `compress` palettizes, as
-    coremltools picks them: weights of more than COMPRESSION_THRESHOLD elements, the stem at STEM_MIN_BITS or more,
-    the `wider` layers of a mixed format at one bit more (a conv-transpose's output channels: its weight's axis 1)."""
+) -> Iterator[PalettizedLayer]:
+    """Every conv of a LightFieldNetwork that `compress` palettizes, as coremltools picks them: weights of more than
+    COMPRESSION_THRESHOLD elements at the format's palettes, the stem at STEM_MIN_BITS or more in one palette, the
+    `wider` layers of a mixed format at one bit more."""
     stem = network.stem[0]
     for module in network.modules():
         if isinstance(module, nn.Conv2d | nn.ConvTranspose2d) and module.weight.numel() > COMPRESSION_THRESHOLD:
-            bits = weights.bits + 1 if module in wider else weights.bits
-            bits = max(bits, STEM_MIN_BITS) if module is stem else bits
-            yield module, bits, 1 if isinstance(module, nn.ConvTranspose2d) else 0
+            axis = 1 if isinstance(module, nn.ConvTranspose2d) else 0
+            if module is stem:
+                yield PalettizedLayer(module, max(weights.bits, STEM_MIN_BITS), None, axis)
+            else:
+                yield PalettizedLayer(module, weights.bits + (module in wider), weights.group_size, axis)
 
 
 @torch.no_grad()
@@ -119,19 +135,19 @@ def wider_layers(network: nn.Module, weights: WeightFormat, inputs: Sequence[Ten
     taken greedily while the mean over the palettized layers but the stem stays within `mean_bits`."""
     if weights.mean_bits is None:
         return set()
-    layers = [entry for entry in palettized_layers(network, weights) if entry[0] is not network.stem[0]]
+    layers = [entry for entry in palettized_layers(network, weights) if entry.layer is not network.stem[0]]
     reference = [network(x) for x in inputs]
 
-    def error(layer: nn.Module, bits: int, axis: int) -> float:
-        weight = layer.weight.detach().clone()
-        layer.weight.copy_(Palette(weight, bits, weights.group_size, axis)(weight))
+    def error(entry: PalettizedLayer) -> float:
+        weight = entry.layer.weight.detach().clone()
+        entry.layer.weight.copy_(entry.palette()(weight))
         mse = sum(float(nn.functional.mse_loss(network(x), y)) for x, y in zip(inputs, reference, strict=True))
-        layer.weight.copy_(weight)
+        entry.layer.weight.copy_(weight)
         return mse
 
-    saved = {layer: (error(layer, bits, axis) - error(layer, bits + 1, axis)) / layer.weight.numel()
-             for layer, bits, axis in layers}  # fmt: skip
-    budget = (weights.mean_bits - weights.bits) * sum(layer.weight.numel() for layer, _, _ in layers)
+    saved = {entry.layer: (error(entry) - error(entry._replace(bits=entry.bits + 1))) / entry.layer.weight.numel()
+             for entry in layers}  # fmt: skip
+    budget = (weights.mean_bits - weights.bits) * sum(entry.layer.weight.numel() for entry in layers)
     wider: set[nn.Module] = set()
     for layer in sorted(saved, key=saved.__getitem__, reverse=True):
         if layer.weight.numel() <= budget:
@@ -142,9 +158,9 @@ def wider_layers(network: nn.Module, weights: WeightFormat, inputs: Sequence[Ten
 
 def round_to_palettes(network: nn.Module, weights: WeightFormat, wider: Collection[nn.Module] = ()) -> nn.Module:
     """`network` with every palettized weight replaced, in place, by its k-means palette values."""
-    for layer, bits, axis in palettized_layers(network, weights, wider):
-        parametrize.register_parametrization(layer, "weight", Palette(layer.weight, bits, weights.group_size, axis))
-        parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+    for entry in palettized_layers(network, weights, wider):
+        parametrize.register_parametrization(entry.layer, "weight", entry.palette())
+        parametrize.remove_parametrizations(entry.layer, "weight", leave_parametrized=True)
     return network
 
 
@@ -166,8 +182,8 @@ def palette_finetuned(student: Student, weights: WeightFormat, settings: Palette
         crop = encoded[..., top : top + SENSITIVITY_GRID, left : left + SENSITIVITY_GRID]
         wider = wider_layers(network, weights, [crop])
     layers = list(palettized_layers(network, weights, wider))
-    for layer, bits, axis in layers:
-        parametrize.register_parametrization(layer, "weight", Palette(layer.weight, bits, weights.group_size, axis))
+    for entry in layers:
+        parametrize.register_parametrization(entry.layer, "weight", entry.palette())
     optimizer = torch.optim.Adam(network.parameters(), lr=settings.lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.steps)
     bits = f"{weights.bits}" if weights.mean_bits is None else f"{weights.bits}/{weights.bits + 1}"
@@ -187,6 +203,6 @@ def palette_finetuned(student: Student, weights: WeightFormat, settings: Palette
         optimizer.step()
         schedule.step()
     with torch.no_grad():
-        for layer, _, _ in layers:
-            parametrize.remove_parametrizations(layer, "weight", leave_parametrized=True)
+        for entry in layers:
+            parametrize.remove_parametrizations(entry.layer, "weight", leave_parametrized=True)
     return network.eval()

@@ -32,8 +32,9 @@ GROUPED_PALETTES: tuple[Compression, ...] = ("palettize4-g16", "palettize3-g16",
 """Per-grouped-channel palettes at the group size that keeps 4 and 3 bits accurate (Apple: 8 to 16)."""
 PER_TENSOR_PALETTE_BITS = (8, 6, 4)
 GROUPED_PALETTE_BITS = (8, 6, 4, 3, 2)
-MIXED_PALETTES: tuple[Compression, ...] = ("palettize2.4-g16-finetuned",)
-"""2- and 3-bit palettes per 16 channels, 2.4 bits per weight on average: a paper-network package under 1.5 MB."""
+MIXED_PALETTES: tuple[Compression, ...] = ("palettize2.4-g16-finetuned", "palettize2.4-g8-finetuned")
+"""2- and 3-bit palettes per 16 or 8 channels (Apple's range), 2.4 bits per weight on average: paper-network packages
+under 1.5 MB."""
 _PALETTE = re.compile(r"palettize(\d+)(?:\.(\d+))?(?:-g(\d+))?(-finetuned)?")
 
 

@@ -20,6 +20,9 @@ class AdamWOptimizerConfig(OptimizerConfig):
 
     _target: type = torch.optim.AdamW
     weight_decay: float = 0.0
+    fused: bool = True
+    """One kernel updates every parameter (torch loops over them on CPUs otherwise): the same update in less of the
+    student's step (benchmarks/results/student_step.md)."""
 
 
 @dataclass
