@@ -268,9 +268,9 @@ def markdown(result: dict) -> str:
         f"{sizes['gmac_per_frame']:.1f} GMAC per {result['frame']} frame)",
         "",
         f"Random init, `rays` input, fp16 compute, compressed weights of more than {coreml.COMPRESSION_THRESHOLD} "
-        f"elements on (coremltools' default), the stem kept at >= {coreml.STEM_MIN_BITS} bits; iOS 16 formats, "
-        "palettes per group of output channels (-g<size>, iOS 18), w8a8 (int8 activations too, iOS 17); ONNX "
-        "fp32 and static int8 QDQ (w8a8). Int8 activations calibrated on "
+        f"elements on (coremltools' default), the stem kept at >= {coreml.STEM_MIN_BITS} bits in one palette; iOS 16 "
+        "formats, palettes per group of output channels (-g<size>, iOS 18), w8a8 (int8 activations too, iOS 17); "
+        "ONNX fp32 and static int8 QDQ (w8a8). Int8 activations calibrated on "
         f"{result['calibration_views']} orbit poses.",
         "",
         *goals(result),
