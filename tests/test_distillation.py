@@ -87,6 +87,24 @@ def test_real_image_batches_carry_the_teachers_depth_at_their_cameras(mobile_r2l
         torch.testing.assert_close(stored[surface], depth[surface], rtol=2e-3, atol=1e-2)
 
 
+def test_a_new_student_loads_its_teacher_once_for_both_caches(
+    nas_nerf_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new student renders its pseudo views and the teacher's depth at the training cameras with one teacher: its
+    pipeline is built once (a nerfacto teacher on a phone capture reads every image when it loads)."""
+    loads = []
+    load = Teacher.load.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(Teacher, "load", classmethod(lambda cls, path: loads.append(path) or load(cls, path)))
+    views = tmp_path / "views"
+    config = PseudoViewDataManagerConfig(
+        teacher_config=nas_nerf_run, num_pseudo_views=2, pseudo_view_scale=2, pseudo_view_dir=views
+    )
+    datamanager = PseudoViewDataManager(config)  # training mode: both caches are rendered
+    assert PseudoViewCache.open(views).complete() and PseudoViewCache.open(Path(f"{views}-training-poses")).complete()
+    assert datamanager.training_pose_depths is not None
+    assert loads == [nas_nerf_run]
+
+
 def test_ns_eval_on_the_real_test_split(mobile_r2l_run: Path, tmp_path: Path) -> None:
     output = tmp_path / "eval.json"
     run_ns([ns_command("ns-eval"), "--load-config", str(mobile_r2l_run), "--output-path", str(output)],

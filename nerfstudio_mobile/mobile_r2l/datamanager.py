@@ -36,21 +36,19 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.utils.rich_utils import CONSOLE
 from torch import Tensor
 
-from nerfstudio_mobile.common.checkpoints import latest_checkpoint
 from nerfstudio_mobile.common.cli import UsageError
 from nerfstudio_mobile.common.intrinsics import Intrinsics, without_distortion
-from nerfstudio_mobile.common.runs import RunError, check_checkpoint, run_data
+from nerfstudio_mobile.common.runs import run_data
 from nerfstudio_mobile.mobile_r2l.cache import (
     CacheMeta,
     PseudoViewCache,
     PseudoViewDataset,
     caches_beside,
     generate_views,
-    teacher_identity,
 )
 from nerfstudio_mobile.mobile_r2l.teacher import (
-    Teacher,
     TeacherError,
+    TeacherRun,
     collider_near_far,
     pinhole_intrinsics,
     read_teacher_config,
@@ -202,12 +200,13 @@ class PseudoViewDataManager(FullImageDatamanager[InputDataset]):
             block, seed = math.prod(self.upscale_factors), config.sampler.seed
             self.crops = ViewCrops.fit(self.frame, config.crop_fraction, block, seed, config.zoom_levels)
         if test_mode == "val":  # training: make sure every pseudo view exists, then read them
-            cache = build_pseudo_view_cache(config, self, shard=0, num_shards=1)
+            teacher_run = TeacherRun(config.teacher_config)
+            cache = build_pseudo_view_cache(config, self, shard=0, num_shards=1, teacher_run=teacher_run)
             near, far = cache.meta.extra["near_far"]
             self.near_far = (near, far)
             self.pseudo_views = PseudoViewDataset(cache, ram_budget_bytes=int(config.ram_budget_gb * 2**30))
             if config.depth_at_training_poses:
-                depths = build_training_pose_cache(config, self, shard=0, num_shards=1)
+                depths = build_training_pose_cache(config, self, shard=0, num_shards=1, teacher_run=teacher_run)
                 self.training_pose_depths = torch.stack([depths.read(i).depth for i in range(len(depths))])
         # The model reads these when the pipeline builds it (metadata is nerfstudio's channel for that).
         self.train_dataset.metadata["mobile_r2l"] = {
@@ -304,43 +303,31 @@ def shifted_window(
     return window, {name: value[:, rows, columns] for name, value in batch.items()}
 
 
-def checked_teacher_identity(teacher_config: Path, teacher_run: TrainerConfig) -> dict:
-    """The identity of the teacher's renders (`teacher_identity`) from its latest checkpoint, checked readable first."""
-    latest = latest_checkpoint(teacher_run.get_checkpoint_dir())
-    if latest is None:
-        raise TeacherError(
-            f"The teacher {teacher_config} has no checkpoint in {teacher_run.get_checkpoint_dir()}: "
-            "train it first (or let its training finish)."
-        )
-    try:
-        check_checkpoint(latest[1])  # before its digest becomes the identity of a new cache
-    except RunError as error:
-        raise TeacherError(f"--pipeline.datamanager.teacher-config: {error}") from error
-    # The teacher by its checkpoint's content, not by where its run sits: a moved or copied run keeps its cache.
-    return teacher_identity(teacher_run.method_name, *latest)
-
-
 def build_pseudo_view_cache(
-    config: PseudoViewDataManagerConfig, datamanager: PseudoViewDataManager, shard: int, num_shards: int
+    config: PseudoViewDataManagerConfig,
+    datamanager: PseudoViewDataManager,
+    shard: int,
+    num_shards: int,
+    teacher_run: TeacherRun | None = None,
 ) -> PseudoViewCache:
-    """Open (or create) the pseudo-view cache and render this shard's missing views with the teacher.
+    """Open (or create) the pseudo-view cache and render this shard's missing views with the teacher (`teacher_run`:
+    shared with the other caches built from it).
 
     Everything that decides a view's content goes into the cache's meta, so a cache is only ever reused
     for the same views, and any process or machine given the same config renders identical views."""
-    assert config.teacher_config is not None
+    teacher_run = teacher_run or TeacherRun(config.teacher_config)
     views, crops, sampler = datamanager.frame, datamanager.crops, datamanager.view_sampler
     height, width = (crops.height, crops.width) if crops else (views.height, views.width)
-    teacher_run = read_teacher_config(config.teacher_config)
     windows = f"-of{views.height}x{views.width}" if crops else ""
     if crops and crops.zoomed:
         windows += "-zoom" + "-".join(f"{zoom:g}" for zoom in crops.zooms)
     quasi = "-quasi" if sampler.quasi_random else ""
     root = config.pseudo_view_dir or (
-        Path(teacher_run.get_base_dir())
+        Path(teacher_run.config.get_base_dir())
         / "pseudo_views"
         / f"{sampler.layout}-{config.num_pseudo_views}-{height}x{width}{windows}-seed{sampler.seed}{quasi}"
     )
-    teacher_id = checked_teacher_identity(config.teacher_config, teacher_run)
+    teacher_id = teacher_run.identity  # a teacher without a usable checkpoint is refused before anything loads
 
     def cache_meta(near_far: Sequence[float]) -> CacheMeta:
         return CacheMeta(
@@ -367,15 +354,13 @@ def build_pseudo_view_cache(
         for other in caches_beside(root)
         if cache_meta(other.meta.extra.get("near_far", ())).shares_views_with(other.meta)
     ]
-    teacher: Teacher | None = None
     near_far = datamanager.near_far
     if near_far is None and (root / "meta.json").is_file():  # estimated once, by whoever created the cache
         near_far = PseudoViewCache.open(root).meta.extra["near_far"]
     if near_far is None and others:
         near_far = others[0].meta.extra["near_far"]
     if near_far is None:
-        teacher = Teacher.load(config.teacher_config)
-        near_far = teacher.estimate_near_far(datamanager.train_dataparser_outputs.cameras)
+        near_far = teacher_run.teacher.estimate_near_far(datamanager.train_dataparser_outputs.cameras)
     meta = cache_meta(near_far)
     cache = PseudoViewCache(root, meta)
     for other in others:
@@ -383,31 +368,33 @@ def build_pseudo_view_cache(
             CONSOLE.print(f"Took {adopted} pseudo views from {other.root} (the same teacher and poses)")
     cache.verify(shard, num_shards)  # a view torn by a crash is set aside here, and rendered again below
     if cache.missing(shard, num_shards):
-        teacher = teacher or Teacher.load(config.teacher_config)
         CONSOLE.print(f"Rendering pseudo views with the teacher into {root} (resumable; shard {shard}/{num_shards})")
-        loaded = teacher
+        teacher = teacher_run.teacher
 
         def render(index: int, c2w: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            return loaded.render((crops.intrinsics(index) if crops else views).cameras(c2w[None]))
+            return teacher.render((crops.intrinsics(index) if crops else views).cameras(c2w[None]))
 
         generate_views(cache, render, sampler.poses, shard=shard, num_shards=num_shards)
     return cache
 
 
 def build_training_pose_cache(
-    config: PseudoViewDataManagerConfig, datamanager: PseudoViewDataManager, shard: int, num_shards: int
+    config: PseudoViewDataManagerConfig,
+    datamanager: PseudoViewDataManager,
+    shard: int,
+    num_shards: int,
+    teacher_run: TeacherRun | None = None,
 ) -> PseudoViewCache:
     """Open (or create) the cache of the teacher's renders at the cameras of `real_image_indices` (view i: the i-th of
     them, as the real images' batches see it) and render this shard's missing views. Beside the pseudo views (in the
     teacher run, or next to --pipeline.datamanager.pseudo-view-dir), resumable and sharded like them."""
-    assert config.teacher_config is not None
-    teacher_run = read_teacher_config(config.teacher_config)
+    teacher_run = teacher_run or TeacherRun(config.teacher_config)
     indices = datamanager.real_image_indices
     # on the CPU: a datamanager caching images on a GPU holds its cameras there
     cameras = without_distortion(datamanager.train_cameras[torch.tensor(indices)]).to("cpu")
     height, width = datamanager.cached_train[indices[0]]["image"].shape[:2]
     if config.pseudo_view_dir is None:
-        root = Path(teacher_run.get_base_dir()) / "training_pose_views" / f"{len(indices)}-{height}x{width}"
+        root = Path(teacher_run.config.get_base_dir()) / "training_pose_views" / f"{len(indices)}-{height}x{width}"
     else:
         root = Path(f"{config.pseudo_view_dir}-training-poses")
     # The cameras decide the views: their poses and intrinsics, as the teacher's dataparser gives them.
@@ -428,14 +415,14 @@ def build_training_pose_cache(
         cy=first.cy,
         layout=TRAINING_POSES,
         seed=0,
-        teacher=checked_teacher_identity(config.teacher_config, teacher_run),
+        teacher=teacher_run.identity,
         extra={"cameras_sha256": cameras_digest},
     )
     cache = PseudoViewCache(root, meta)
     cache.verify(shard, num_shards)
     if cache.missing(shard, num_shards):
-        teacher = Teacher.load(config.teacher_config)
         CONSOLE.print(f"Rendering the teacher's depth at the training cameras into {root} (resumable)")
+        teacher = teacher_run.teacher
         generate_views(
             cache,
             lambda index, _: teacher.render(cameras[index : index + 1]),

@@ -19,6 +19,7 @@ from nerfstudio_mobile.mobile_r2l.datamanager import (
     build_pseudo_view_cache,
     build_training_pose_cache,
 )
+from nerfstudio_mobile.mobile_r2l.teacher import TeacherRun
 
 
 @dataclass
@@ -37,9 +38,10 @@ class RenderPseudoViews:
             raise UsageError(f"--shard must be in [0, --num-shards), got {self.shard} of {self.num_shards}.")
         config = PseudoViewDataManagerConfig(**{**vars(self.datamanager)})  # re-run __post_init__ (teacher data)
         datamanager = PseudoViewDataManager(config, test_mode="inference")
-        cache = build_pseudo_view_cache(config, datamanager, self.shard, self.num_shards)
+        teacher_run = TeacherRun(config.teacher_config)
+        cache = build_pseudo_view_cache(config, datamanager, self.shard, self.num_shards, teacher_run)
         if config.depth_at_training_poses:
-            build_training_pose_cache(config, datamanager, self.shard, self.num_shards)
+            build_training_pose_cache(config, datamanager, self.shard, self.num_shards, teacher_run)
         state = "complete" if cache.complete() else f"{len(cache)}/{cache.meta.num_views} views (other shards pending)"
         Console().print(f"[bold green]Pseudo views in {cache.root}: {state}")
         return cache.root

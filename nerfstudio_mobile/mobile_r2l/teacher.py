@@ -8,8 +8,9 @@ really uses: a near/far collider (NeRF, nas-nerf), or nerfacto-style near/far pl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -18,9 +19,11 @@ from nerfstudio.engine.trainer import TrainerConfig
 from nerfstudio.pipelines.base_pipeline import Pipeline
 from torch import Tensor
 
+from nerfstudio_mobile.common.checkpoints import latest_checkpoint
 from nerfstudio_mobile.common.cli import UsageError
 from nerfstudio_mobile.common.intrinsics import Intrinsics
-from nerfstudio_mobile.common.runs import RunError, load_run, read_run_config
+from nerfstudio_mobile.common.runs import RunError, check_checkpoint, load_run, read_run_config
+from nerfstudio_mobile.mobile_r2l.cache import teacher_identity
 from nerfstudio_mobile.mobile_r2l.near_plane import contracted_near
 
 # Output names across nerfstudio models (vanilla-nerf only has the *_fine ones).
@@ -170,3 +173,37 @@ class Teacher:
         if rendered is None:
             raise TeacherError("the teacher renders no opaque surface on its training views: is it trained?")
         return rendered[0] * (1 - margin), rendered[1] * (1 + margin)
+
+
+class TeacherRun:
+    """The teacher run the caches of one student are rendered from, each part read at most once however many caches
+    ask: its config (cheap), the identity of its renders (hashes the checkpoint) and the teacher itself (builds its
+    pipeline), the latter only when a view is missing."""
+
+    def __init__(self, config_path: Path | None) -> None:
+        self.config_path = config_path
+
+    @cached_property
+    def config(self) -> TrainerConfig:
+        return read_teacher_config(self.config_path)
+
+    @cached_property
+    def identity(self) -> dict[str, Any]:
+        """`teacher_identity` of the latest checkpoint, checked readable first."""
+        latest = latest_checkpoint(self.config.get_checkpoint_dir())
+        if latest is None:
+            raise TeacherError(
+                f"The teacher {self.config_path} has no checkpoint in {self.config.get_checkpoint_dir()}: "
+                "train it first (or let its training finish)."
+            )
+        try:
+            check_checkpoint(latest[1])  # before its digest becomes the identity of a new cache
+        except RunError as error:
+            raise TeacherError(f"--pipeline.datamanager.teacher-config: {error}") from error
+        # The teacher by its checkpoint's content, not by where its run sits: a moved or copied run keeps its cache.
+        return teacher_identity(self.config.method_name, *latest)
+
+    @cached_property
+    def teacher(self) -> Teacher:
+        assert self.config_path is not None  # read_teacher_config refuses None
+        return Teacher.load(self.config_path)
